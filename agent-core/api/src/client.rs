@@ -1,0 +1,299 @@
+//! Async client of the agent API over its unix socket (HTTP/1.1, JSON). One connection is
+//! kept open and reused; it is re-established when the agent closed it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+use crate::models::{
+    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest,
+    ErrorResponse, Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier, PartialDelete,
+    StatusResponse,
+};
+use crate::{path, EndpointId, API_BASE};
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached: the agent is not running, or the path is wrong.
+    #[error("cannot reach the agent at {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent answered with an error status.
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    /// The HTTP exchange failed after the connection was made.
+    #[error("request {method} {path} to the agent failed: {source}")]
+    Http {
+        method: Method,
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The agent's reply did not parse.
+    #[error("cannot decode the agent's reply to {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if this is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded reply: status and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// Client of one agent.
+#[derive(Debug)]
+pub struct Client {
+    socket: PathBuf,
+    conn: Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client { socket: socket.into(), conn: Mutex::new(None) }
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let connect_err = |source| ClientError::Connect { path: self.socket.clone(), source };
+        let stream = UnixStream::connect(&self.socket).await.map_err(connect_err)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            // The connection ends when the agent closes it or the client is dropped; either
+            // is normal, and a failed request reports its own error.
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request and returns the raw reply, whatever its status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, ClientError> {
+        let uri = format!("{API_BASE}{path_and_query}");
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(&uri)
+            .header(header::HOST, "cilium-agent");
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Api { status: 0, message: format!("bad request: {e}") })?;
+
+        let mut guard = self.conn.lock().await;
+        let mut sender = match guard.take() {
+            Some(mut s) => match s.ready().await {
+                Ok(()) => s,
+                Err(_) => self.connect().await?,
+            },
+            None => self.connect().await?,
+        };
+        let http_err = |source| ClientError::Http { method: method.clone(), path: uri.clone(), source };
+        let response = sender.send_request(request).await.map_err(http_err)?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(http_err)?.to_bytes();
+        *guard = Some(sender);
+        Ok(Reply { status, body })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let reply = self.send(method.clone(), path_and_query, body).await?;
+        if !reply.status.is_success() {
+            return Err(api_error(reply.status, &reply.body));
+        }
+        let value = serde_json::from_slice(&reply.body).map_err(|source| ClientError::Decode {
+            what: format!("{method} {path_and_query}"),
+            source,
+        })?;
+        Ok((reply.status, value))
+    }
+
+    /// `GET /healthz`.
+    pub async fn healthz(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self.call(Method::GET, "/healthz", None).await?.1)
+    }
+
+    /// `GET /config`.
+    pub async fn config(&self) -> Result<DaemonConfigurationResponse, ClientError> {
+        Ok(self.call(Method::GET, "/config", None).await?.1)
+    }
+
+    /// `PATCH /config` with option changes; returns the new configuration.
+    pub async fn config_patch(
+        &self,
+        options: &ConfigurationMap,
+    ) -> Result<DaemonConfigurationResponse, ClientError> {
+        Ok(self.call(Method::PATCH, "/config", Some(json(options))).await?.1)
+    }
+
+    /// `POST /ipam`: allocates the next free address of `family`, or of every enabled family
+    /// when `None`, on behalf of `owner`.
+    pub async fn ipam_allocate(
+        &self,
+        family: Option<Family>,
+        owner: &str,
+    ) -> Result<IpamResponse, ClientError> {
+        let mut query = format!("/ipam?owner={}", path::encode(owner));
+        if let Some(family) = family {
+            query.push_str(&format!("&family={family}"));
+        }
+        Ok(self.call(Method::POST, &query, None).await?.1)
+    }
+
+    /// `POST /ipam/{ip}`: reserves a given address.
+    pub async fn ipam_reserve(&self, ip: IpAddr, owner: &str) -> Result<IpamAllocation, ClientError> {
+        let query = format!("/ipam/{}?owner={}", path::encode(&ip.to_string()), path::encode(owner));
+        Ok(self.call(Method::POST, &query, None).await?.1)
+    }
+
+    /// `DELETE /ipam/{ip}`: releases an address; returns whom it belonged to.
+    pub async fn ipam_release(&self, ip: IpAddr) -> Result<IpamAllocation, ClientError> {
+        let query = format!("/ipam/{}", path::encode(&ip.to_string()));
+        Ok(self.call(Method::DELETE, &query, None).await?.1)
+    }
+
+    /// `GET /endpoint`, optionally only those carrying every label in `labels`.
+    pub async fn endpoint_list(&self, labels: &[String]) -> Result<Vec<Endpoint>, ClientError> {
+        let mut query = String::from("/endpoint");
+        if !labels.is_empty() {
+            let joined: Vec<String> = labels.iter().map(|l| path::encode(l)).collect();
+            query.push_str(&format!("?labels={}", joined.join(",")));
+        }
+        Ok(self.call(Method::GET, &query, None).await?.1)
+    }
+
+    /// `GET /endpoint/{id}`.
+    pub async fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, ClientError> {
+        Ok(self.call(Method::GET, &endpoint_path(id, ""), None).await?.1)
+    }
+
+    /// `PUT /endpoint/{id}`: creates an endpoint; returns it as the agent recorded it.
+    pub async fn endpoint_create(
+        &self,
+        id: &EndpointId,
+        request: &EndpointChangeRequest,
+    ) -> Result<Endpoint, ClientError> {
+        Ok(self.call(Method::PUT, &endpoint_path(id, ""), Some(json(request))).await?.1)
+    }
+
+    /// `PATCH /endpoint/{id}`: applies the fields present in `request`.
+    pub async fn endpoint_patch(
+        &self,
+        id: &EndpointId,
+        request: &EndpointChangeRequest,
+    ) -> Result<Endpoint, ClientError> {
+        Ok(self.call(Method::PATCH, &endpoint_path(id, ""), Some(json(request))).await?.1)
+    }
+
+    /// `DELETE /endpoint/{id}`. `Ok(None)` on a clean delete, `Ok(Some(..))` when the endpoint
+    /// is gone but some of its resources could not be released (206).
+    pub async fn endpoint_delete(
+        &self,
+        id: &EndpointId,
+    ) -> Result<Option<PartialDelete>, ClientError> {
+        let reply = self.send(Method::DELETE, &endpoint_path(id, ""), None).await?;
+        match reply.status {
+            StatusCode::OK => Ok(None),
+            StatusCode::PARTIAL_CONTENT => serde_json::from_slice(&reply.body)
+                .map(Some)
+                .map_err(|source| ClientError::Decode { what: "DELETE /endpoint".into(), source }),
+            status => Err(api_error(status, &reply.body)),
+        }
+    }
+
+    /// `GET /endpoint/{id}/labels`.
+    pub async fn endpoint_labels(&self, id: &EndpointId) -> Result<LabelConfiguration, ClientError> {
+        Ok(self.call(Method::GET, &endpoint_path(id, "/labels"), None).await?.1)
+    }
+
+    /// `PUT /endpoint/{id}/labels`.
+    pub async fn endpoint_labels_modify(
+        &self,
+        id: &EndpointId,
+        modifier: &LabelsModifier,
+    ) -> Result<LabelConfiguration, ClientError> {
+        let path = endpoint_path(id, "/labels");
+        Ok(self.call(Method::PUT, &path, Some(json(modifier))).await?.1)
+    }
+
+    /// `GET /endpoint/{id}/config`.
+    pub async fn endpoint_config(&self, id: &EndpointId) -> Result<ConfigurationMap, ClientError> {
+        Ok(self.call(Method::GET, &endpoint_path(id, "/config"), None).await?.1)
+    }
+
+    /// `PATCH /endpoint/{id}/config`.
+    pub async fn endpoint_config_patch(
+        &self,
+        id: &EndpointId,
+        options: &ConfigurationMap,
+    ) -> Result<ConfigurationMap, ClientError> {
+        let path = endpoint_path(id, "/config");
+        Ok(self.call(Method::PATCH, &path, Some(json(options))).await?.1)
+    }
+}
+
+fn endpoint_path(id: &EndpointId, suffix: &str) -> String {
+    format!("/endpoint/{}{suffix}", path::encode(&id.to_string()))
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing the API's own models cannot fail: they hold only strings, numbers, maps
+    // with string keys and addresses.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorResponse>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(body).trim().to_string();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text
+            }
+        });
+    ClientError::Api { status: status.as_u16(), message }
+}

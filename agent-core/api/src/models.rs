@@ -1,0 +1,382 @@
+//! API models, serialized exactly as they travel on the wire (kebab-case field names as in the
+//! 2017 API). Request bodies reject unknown fields; responses accept them so that an older
+//! client keeps working against a newer agent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Body of every error reply: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: String,
+}
+
+/// Health of one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusState {
+    Ok,
+    Warning,
+    Failure,
+    Disabled,
+}
+
+impl fmt::Display for StatusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StatusState::Ok => "Ok",
+            StatusState::Warning => "Warning",
+            StatusState::Failure => "Failure",
+            StatusState::Disabled => "Disabled",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: StatusState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub msg: String,
+}
+
+impl Status {
+    pub fn new(state: StatusState, msg: impl Into<String>) -> Self {
+        Status { state, msg: msg.into() }
+    }
+}
+
+/// Addresses currently handed out, per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamStatus {
+    #[serde(default)]
+    pub ipv4: Vec<String>,
+    #[serde(default)]
+    pub ipv6: Vec<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StatusResponse {
+    pub cilium: Status,
+    pub kvstore: Status,
+    pub container_runtime: Status,
+    pub kubernetes: Status,
+    #[serde(default)]
+    pub ipam: IpamStatus,
+    /// Version of the agent binary.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The addressing of one family on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeAddressingElement {
+    pub enabled: bool,
+    /// The router (gateway) address: the first address of the allocation range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The range endpoint addresses are allocated from, in CIDR notation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_range: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddressing {
+    pub ipv4: NodeAddressingElement,
+    pub ipv6: NodeAddressingElement,
+}
+
+/// Option name → value. Used for the agent's and an endpoint's mutable options.
+pub type ConfigurationMap = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonConfiguration {
+    /// Options that `PATCH /config` may change.
+    pub mutable: ConfigurationMap,
+    /// Options fixed at start (flags, environment, config file).
+    pub immutable: ConfigurationMap,
+}
+
+/// `GET /config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DaemonConfigurationResponse {
+    pub node_name: String,
+    pub addressing: NodeAddressing,
+    pub configuration: DaemonConfiguration,
+}
+
+/// A pair of addresses, one per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPair {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<IpAddr>,
+}
+
+/// Reply of `POST /ipam`: the addresses allocated and the node addressing (router IPs) the
+/// caller needs to configure the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IpamResponse {
+    pub endpoint: AddressPair,
+    pub host_addressing: NodeAddressing,
+}
+
+/// One allocation: reply of `POST /ipam/{ip}` (reserved) and `DELETE /ipam/{ip}` (released).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamAllocation {
+    pub ip: IpAddr,
+    pub owner: String,
+}
+
+/// Address family selector of `POST /ipam?family=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ipv4" | "4" => Ok(Family::Ipv4),
+            "ipv6" | "6" => Ok(Family::Ipv6),
+            other => Err(format!("unknown address family '{other}' (expected ipv4 or ipv6)")),
+        }
+    }
+}
+
+/// Life cycle of an endpoint (seed §3.3, API reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointState {
+    Creating,
+    WaitingForIdentity,
+    NotReady,
+    Regenerating,
+    Ready,
+    Disconnected,
+}
+
+impl EndpointState {
+    pub const ALL: [EndpointState; 6] = [
+        EndpointState::Creating,
+        EndpointState::WaitingForIdentity,
+        EndpointState::NotReady,
+        EndpointState::Regenerating,
+        EndpointState::Ready,
+        EndpointState::Disconnected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Creating => "creating",
+            EndpointState::WaitingForIdentity => "waiting-for-identity",
+            EndpointState::NotReady => "not-ready",
+            EndpointState::Regenerating => "regenerating",
+            EndpointState::Ready => "ready",
+            EndpointState::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Outcome recorded with a status change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusCode {
+    #[serde(rename = "OK")]
+    Ok,
+    Failure,
+}
+
+/// One entry of an endpoint's status log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatusChange {
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub code: StatusCode,
+    pub message: String,
+    pub state: EndpointState,
+}
+
+/// The security identity of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: u32,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// An endpoint as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Endpoint {
+    pub id: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub docker_endpoint_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub docker_network_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_name: String,
+    /// The identity-relevant view of the labels: `source:key[=value]`, sorted.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface_name: String,
+    #[serde(default)]
+    pub interface_index: u32,
+    pub state: EndpointState,
+    #[serde(default)]
+    pub status: Vec<EndpointStatusChange>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_mac: String,
+    #[serde(default)]
+    pub addressing: AddressPair,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    #[serde(default)]
+    pub policy_enabled: bool,
+    #[serde(default)]
+    pub policy_revision: u64,
+    /// The endpoint's mutable options (`/endpoint/{id}/config`).
+    #[serde(default)]
+    pub options: ConfigurationMap,
+}
+
+/// Body of `PUT /endpoint/{id}` (create) and `PATCH /endpoint/{id}` (modify). Absent fields
+/// are left alone by PATCH.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EndpointChangeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_endpoint_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressing: Option<AddressPair>,
+    /// Labels from the orchestration system, `source:key[=value]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<EndpointState>,
+}
+
+/// The label configuration of an endpoint (`GET /endpoint/{id}/labels`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LabelConfiguration {
+    /// Labels that came from the orchestration system (runtime, Kubernetes, Mesos).
+    #[serde(default)]
+    pub orchestration_system: Vec<String>,
+    /// Labels added by the user through `PUT /endpoint/{id}/labels`.
+    #[serde(default)]
+    pub custom: Vec<String>,
+    /// Orchestration labels the user disabled.
+    #[serde(default)]
+    pub disabled: Vec<String>,
+}
+
+/// Body of `PUT /endpoint/{id}/labels`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsModifier {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+/// Reply of a `DELETE /endpoint/{id}` that removed the endpoint but hit errors (206).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDelete {
+    pub error: String,
+    pub errors: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_change_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<EndpointChangeRequest>(r#"{"container-id":"a","bogus":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_state_wire_names() {
+        for state in EndpointState::ALL {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[test]
+    fn family_parse() {
+        assert_eq!("ipv4".parse::<Family>().unwrap(), Family::Ipv4);
+        assert_eq!("ipv6".parse::<Family>().unwrap(), Family::Ipv6);
+        assert!("ipx".parse::<Family>().unwrap_err().contains("ipx"));
+    }
+}

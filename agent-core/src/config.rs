@@ -1,0 +1,357 @@
+//! The agent's configuration: flags (clap), each also from env `CILIUM_<FLAG>`, and an
+//! optional config file (`--config`, keys = flag names). Precedence: flag > env > file >
+//! default. Parsed once into [`AgentConfig`].
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::cidr::Cidr;
+use crate::options::parse_switch;
+
+pub const DEFAULT_SOCKET_PATH: &str = cilium_api::DEFAULT_SOCKET_PATH;
+pub const DEFAULT_STATE_DIR: &str = "/var/run/cilium/state";
+
+/// Errors in flags, environment or the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}, line {line}: {reason}", path.display())]
+    FileSyntax { path: PathBuf, line: usize, reason: String },
+    #[error("config file {}: unknown key '{key}' (known keys: {known})", path.display())]
+    UnknownKey { path: PathBuf, key: String, known: String },
+    #[error("invalid value for {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("--disable-ipv4 and --disable-ipv6 together leave no address family to serve")]
+    NoFamily,
+}
+
+fn switch(s: &str) -> Result<bool, String> {
+    parse_switch(s).ok_or_else(|| format!("'{s}' is not a boolean (true/false)"))
+}
+
+/// Command-line flags of `cilium-agent`. Every flag can also be set with `CILIUM_<FLAG>` in
+/// the environment, or in the config file under the flag's name.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "cilium-agent", version, about = "Cilium agent: container networking and security")]
+pub struct AgentArgs {
+    /// Path of the API unix socket [default: /var/run/cilium/cilium.sock]
+    #[arg(long, env = "CILIUM_SOCKET_PATH", value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+    /// Directory for runtime state [default: /var/run/cilium/state]
+    #[arg(long, env = "CILIUM_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// IPv4 allocation range of this node [default: 10.<last octet of node IPv4>.0.0/16]
+    #[arg(long, env = "CILIUM_IPV4_RANGE", value_name = "CIDR")]
+    pub ipv4_range: Option<String>,
+    /// IPv6 allocation range of this node [default: f00d::<node IPv4 in hex>:0:0/96]
+    #[arg(long, env = "CILIUM_IPV6_RANGE", value_name = "CIDR")]
+    pub ipv6_range: Option<String>,
+    /// Do not allocate IPv4 addresses
+    #[arg(long, env = "CILIUM_DISABLE_IPV4", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub disable_ipv4: Option<bool>,
+    /// Do not allocate IPv6 addresses
+    #[arg(long, env = "CILIUM_DISABLE_IPV6", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub disable_ipv6: Option<bool>,
+    /// Address of this node (IPv4 or IPv6) [default: first global IPv4 address]
+    #[arg(long, env = "CILIUM_NODE_ADDRESS", value_name = "IP")]
+    pub node_address: Option<String>,
+    /// Name of this node [default: the host name]
+    #[arg(long, env = "CILIUM_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Enable debug messages
+    #[arg(long, env = "CILIUM_DEBUG", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub debug: Option<bool>,
+    /// Config file (keys are flag names: `state-dir: /path`)
+    #[arg(long, env = "CILIUM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Restore endpoints and allocations from the state directory [default: true]
+    #[arg(long, env = "CILIUM_RESTORE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub restore: Option<bool>,
+}
+
+/// Keys a config file may hold.
+const FILE_KEYS: &[&str] = &[
+    "socket-path",
+    "state-dir",
+    "ipv4-range",
+    "ipv6-range",
+    "disable-ipv4",
+    "disable-ipv6",
+    "node-address",
+    "node-name",
+    "debug",
+    "restore",
+];
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub socket_path: PathBuf,
+    pub state_dir: PathBuf,
+    /// Explicit ranges; `None` means derive from the node address.
+    pub ipv4_range: Option<Cidr>,
+    pub ipv6_range: Option<Cidr>,
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    pub node_address: Option<IpAddr>,
+    pub node_name: Option<String>,
+    pub debug: bool,
+    pub restore: bool,
+    pub config_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// A configuration with every default, for tests and embedding.
+    pub fn with_dirs(socket_path: PathBuf, state_dir: PathBuf) -> AgentConfig {
+        AgentConfig {
+            socket_path,
+            state_dir,
+            ipv4_range: None,
+            ipv6_range: None,
+            enable_ipv4: true,
+            enable_ipv6: true,
+            node_address: None,
+            node_name: None,
+            debug: false,
+            restore: true,
+            config_file: None,
+        }
+    }
+}
+
+impl AgentArgs {
+    /// Merges flags/env with the config file and the defaults, and validates the result.
+    pub fn resolve(self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_config_file(path)?,
+            None => BTreeMap::new(),
+        };
+        let text = |flag: Option<String>, key: &str| flag.or_else(|| file.get(key).cloned());
+        let path = |flag: Option<PathBuf>, key: &str, default: &str| {
+            flag.or_else(|| file.get(key).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let boolean = |flag: Option<bool>, key: &'static str, default: bool| {
+            match flag {
+                Some(v) => Ok(v),
+                None => match file.get(key) {
+                    Some(v) => switch(v).map_err(|reason| ConfigError::Invalid { key, reason }),
+                    None => Ok(default),
+                },
+            }
+        };
+        let cidr = |value: Option<String>, key: &'static str, family: &str| {
+            value
+                .map(|v| {
+                    let c: Cidr =
+                        v.parse().map_err(|e: crate::cidr::CidrError| ConfigError::Invalid {
+                            key,
+                            reason: e.to_string(),
+                        })?;
+                    if c.family().as_str() != family {
+                        return Err(ConfigError::Invalid {
+                            key,
+                            reason: format!("{c} is not an {family} prefix"),
+                        });
+                    }
+                    Ok(c)
+                })
+                .transpose()
+        };
+
+        let enable_ipv4 = !boolean(self.disable_ipv4, "disable-ipv4", false)?;
+        let enable_ipv6 = !boolean(self.disable_ipv6, "disable-ipv6", false)?;
+        if !enable_ipv4 && !enable_ipv6 {
+            return Err(ConfigError::NoFamily);
+        }
+        let node_address = text(self.node_address, "node-address")
+            .map(|v| {
+                v.parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
+                    key: "node-address",
+                    reason: format!("'{v}' is not an IP address"),
+                })
+            })
+            .transpose()?;
+        let node_name = text(self.node_name, "node-name");
+        if let Some(name) = &node_name {
+            if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::Invalid {
+                    key: "node-name",
+                    reason: format!("'{name}' must be 1-253 characters without whitespace"),
+                });
+            }
+        }
+        Ok(AgentConfig {
+            socket_path: path(self.socket_path, "socket-path", DEFAULT_SOCKET_PATH),
+            state_dir: path(self.state_dir, "state-dir", DEFAULT_STATE_DIR),
+            ipv4_range: cidr(text(self.ipv4_range, "ipv4-range"), "ipv4-range", "ipv4")?,
+            ipv6_range: cidr(text(self.ipv6_range, "ipv6-range"), "ipv6-range", "ipv6")?,
+            enable_ipv4,
+            enable_ipv6,
+            node_address,
+            node_name,
+            debug: boolean(self.debug, "debug", false)?,
+            restore: boolean(self.restore, "restore", true)?,
+            config_file: self.config,
+        })
+    }
+}
+
+/// Reads a config file: one `key: value` per line (a flat YAML mapping), `#` comments,
+/// values optionally quoted.
+pub fn read_config_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = fs::read_to_string(path)
+        .map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+    parse_config_text(&text, path)
+}
+
+fn parse_config_text(text: &str, path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let syntax = |reason: &str| ConfigError::FileSyntax {
+            path: path.to_path_buf(),
+            line,
+            reason: reason.to_string(),
+        };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed == "---" {
+            continue;
+        }
+        let (key, value) = trimmed.split_once(':').ok_or_else(|| syntax("expected 'key: value'"))?;
+        let key = key.trim();
+        if !FILE_KEYS.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                known: FILE_KEYS.join(", "),
+            });
+        }
+        let value = unquote(strip_comment(value.trim())).map_err(|r| syntax(&r))?;
+        if out.insert(key.to_string(), value).is_some() {
+            return Err(syntax(&format!("key '{key}' appears twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn strip_comment(value: &str) -> &str {
+    if value.starts_with('"') || value.starts_with('\'') {
+        return value;
+    }
+    match value.find(" #") {
+        Some(i) => value[..i].trim_end(),
+        None => value,
+    }
+}
+
+fn unquote(value: &str) -> Result<String, String> {
+    for q in ['"', '\''] {
+        if let Some(rest) = value.strip_prefix(q) {
+            let end = rest.find(q).ok_or_else(|| format!("unterminated {q}quote"))?;
+            let tail = rest[end + 1..].trim();
+            if !tail.is_empty() && !tail.starts_with('#') {
+                return Err(format!("unexpected text after the quoted value: {tail}"));
+            }
+            return Ok(rest[..end].to_string());
+        }
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn args(list: &[&str]) -> AgentArgs {
+        let mut full = vec!["cilium-agent"];
+        full.extend_from_slice(list);
+        AgentArgs::try_parse_from(full).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = AgentArgs::default().resolve().unwrap();
+        assert_eq!(c.socket_path, PathBuf::from("/var/run/cilium/cilium.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/run/cilium/state"));
+        assert!(c.enable_ipv4 && c.enable_ipv6 && c.restore && !c.debug);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = args(&[
+            "--ipv4-range", "10.5.0.0/16", "--ipv6-range", "f00d::/96", "--disable-ipv6",
+            "--debug=true", "--restore", "false", "--node-address", "192.0.2.9",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.ipv4_range.unwrap().to_string(), "10.5.0.0/16");
+        assert!(!c.enable_ipv6);
+        assert!(c.debug);
+        assert!(!c.restore);
+        assert_eq!(c.node_address, Some("192.0.2.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = args(&["--ipv4-range", "10.5.0.1/16"]).resolve().unwrap_err().to_string();
+        assert!(err.contains("ipv4-range") && err.contains("host bits"), "{err}");
+        let err = args(&["--ipv4-range", "f00d::/96"]).resolve().unwrap_err().to_string();
+        assert!(err.contains("not an ipv4 prefix"), "{err}");
+        let err = args(&["--node-address", "nope"]).resolve().unwrap_err().to_string();
+        assert!(err.contains("node-address"), "{err}");
+        let err = args(&["--disable-ipv4", "--disable-ipv6"]).resolve().unwrap_err();
+        assert!(matches!(err, ConfigError::NoFamily));
+        assert!(AgentArgs::try_parse_from(["cilium-agent", "--debug=maybe"]).is_err());
+    }
+
+    #[test]
+    fn file_values_lose_to_flags() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "# agent\n---\nstate-dir: /tmp/from-file\nipv6-range: \"f00d::/96\" # quoted\n\
+             debug: yes\nsocket-path: /tmp/file.sock"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let c = args(&["--config", path, "--socket-path", "/tmp/flag.sock"]).resolve().unwrap();
+        assert_eq!(c.socket_path, PathBuf::from("/tmp/flag.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/from-file"));
+        assert_eq!(c.ipv6_range.unwrap().to_string(), "f00d::/96");
+        assert!(c.debug);
+    }
+
+    #[test]
+    fn file_errors_name_line_and_key() {
+        let p = Path::new("/etc/x.yaml");
+        let err = parse_config_text("debug: true\nbogus: 1\n", p).unwrap_err().to_string();
+        assert!(err.contains("unknown key 'bogus'"), "{err}");
+        let err = parse_config_text("debug true\n", p).unwrap_err().to_string();
+        assert_eq!(err, "config file /etc/x.yaml, line 1: expected 'key: value'");
+        let err = parse_config_text("debug: 1\ndebug: 0\n", p).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("twice"), "{err}");
+        let err = parse_config_text("node-name: \"abc\n", p).unwrap_err().to_string();
+        assert!(err.contains("unterminated"), "{err}");
+        let err = AgentArgs { config: Some("/nonexistent/cfg".into()), ..Default::default() }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot read config file /nonexistent/cfg"), "{err}");
+    }
+}

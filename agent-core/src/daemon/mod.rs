@@ -1,0 +1,560 @@
+//! The agent: node addressing, IPAM and the endpoint registry behind one lock, with every
+//! change written to the state directory before it is acknowledged. The API server only
+//! turns requests into calls on this type.
+
+mod restore;
+
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use cilium_api::endpoint_id::validate_name;
+use cilium_api::models::{
+    ConfigurationMap, DaemonConfiguration, DaemonConfigurationResponse, Endpoint,
+    EndpointChangeRequest, EndpointState, Family, IpamAllocation, IpamResponse,
+    LabelConfiguration, LabelsModifier, Status, StatusResponse, StatusState,
+};
+use cilium_api::EndpointId;
+
+use crate::config::AgentConfig;
+use crate::endpoint::{owner_endpoint, EndpointError, EndpointRecord, Registry};
+use crate::ipam::{Ipam, IpamError, ROUTER_OWNER};
+use crate::labels::{Label, LabelError};
+use crate::node::{AddressingReport, Node, NodeError};
+use crate::options::{OptionError, OptionSet};
+use crate::state::{StateDir, StateError};
+
+/// Mutable agent options (`PATCH /config`).
+pub const AGENT_OPTIONS: &[&str] = &["Debug"];
+
+/// Called when the `Debug` option changes, to switch the log level.
+pub type DebugSwitch = Box<dyn Fn(bool) + Send + Sync>;
+
+/// Errors of API operations. The API server maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("cannot save state: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("address {ip} belongs to endpoint {endpoint}; delete the endpoint to release it")]
+    AddressInUse { ip: IpAddr, endpoint: u16 },
+}
+
+impl From<LabelError> for AgentError {
+    fn from(e: LabelError) -> Self {
+        AgentError::Endpoint(e.into())
+    }
+}
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Result of deleting an endpoint: the endpoint as it was, and what could not be cleaned.
+#[derive(Debug)]
+pub struct DeleteOutcome {
+    pub endpoint: Endpoint,
+    pub errors: Vec<String>,
+}
+
+struct Inner {
+    endpoints: Registry,
+    state: StateDir,
+}
+
+/// The agent of this node.
+pub struct Agent {
+    config: AgentConfig,
+    node: Node,
+    ipam: Ipam,
+    inner: Mutex<Inner>,
+    options: Mutex<OptionSet>,
+    debug_switch: DebugSwitch,
+    /// Problems found while restoring state; shown by `cilium status`.
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is applied in memory only after it was validated, so a
+    // panic in another request cannot leave half-applied state behind: keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Agent {
+    /// Settles the node addressing, opens (locks) the state directory and restores state.
+    pub fn start(config: AgentConfig, debug_switch: DebugSwitch) -> Result<Agent, StartError> {
+        let node = Node::resolve(&config)?;
+        let ipam = Ipam::new(node.ipv4_range, node.ipv6_range)?;
+        let state = StateDir::open(&config.state_dir)?;
+        let mut endpoints = Registry::default();
+        let warnings = restore::restore(&state, &ipam, &mut endpoints, config.restore)?;
+        let mut options = OptionSet::new(AGENT_OPTIONS);
+        options.set("Debug", config.debug);
+        Ok(Agent {
+            config,
+            node,
+            ipam,
+            inner: Mutex::new(Inner { endpoints, state }),
+            options: Mutex::new(options),
+            debug_switch,
+            warnings,
+        })
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Problems found while restoring state.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Number of endpoints.
+    pub fn endpoint_count(&self) -> usize {
+        lock(&self.inner).endpoints.len()
+    }
+
+    /// The node addressing lines printed at start.
+    pub fn addressing_report(&self) -> String {
+        let pool = |f| self.ipam.pool(f).ok().map(|p| (p.router(), p.alloc_range()));
+        let v4 = pool(Family::Ipv4);
+        let v6 = pool(Family::Ipv6);
+        AddressingReport {
+            node: &self.node,
+            ipv4_router: v4.map(|p| p.0),
+            ipv6_router: v6.map(|p| p.0),
+            ipv4_alloc: v4.map(|p| p.1),
+            ipv6_alloc: v6.map(|p| p.1),
+        }
+        .to_string()
+    }
+
+    /// `GET /healthz`.
+    pub fn status(&self) -> StatusResponse {
+        let count = self.endpoint_count();
+        let cilium = if self.warnings.is_empty() {
+            Status::new(StatusState::Ok, format!("{count} endpoints"))
+        } else {
+            Status::new(StatusState::Warning, self.warnings.join("; "))
+        };
+        StatusResponse {
+            cilium,
+            kvstore: Status::new(StatusState::Disabled, "no kvstore configured"),
+            container_runtime: Status::new(StatusState::Disabled, "no runtime integration enabled"),
+            kubernetes: Status::new(StatusState::Disabled, ""),
+            ipam: self.ipam.status(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// `GET /config`.
+    pub fn configuration(&self) -> DaemonConfigurationResponse {
+        let c = &self.config;
+        let show = |v: Option<String>| v.unwrap_or_default();
+        let immutable: ConfigurationMap = [
+            ("socket-path", c.socket_path.display().to_string()),
+            ("state-dir", c.state_dir.display().to_string()),
+            ("ipv4-range", show(self.node.ipv4_range.map(|r| r.to_string()))),
+            ("ipv6-range", show(self.node.ipv6_range.map(|r| r.to_string()))),
+            ("disable-ipv4", (!c.enable_ipv4).to_string()),
+            ("disable-ipv6", (!c.enable_ipv6).to_string()),
+            ("node-address", show(c.node_address.map(|a| a.to_string()))),
+            ("node-name", self.node.name.clone()),
+            ("restore", c.restore.to_string()),
+            ("config", show(c.config_file.as_ref().map(|p| p.display().to_string()))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        DaemonConfigurationResponse {
+            node_name: self.node.name.clone(),
+            addressing: self.ipam.node_addressing(),
+            configuration: DaemonConfiguration { mutable: lock(&self.options).to_map(), immutable },
+        }
+    }
+
+    /// `PATCH /config`.
+    pub fn patch_configuration(
+        &self,
+        changes: &ConfigurationMap,
+    ) -> Result<DaemonConfigurationResponse, AgentError> {
+        let changed = lock(&self.options).apply(changes)?;
+        for (name, on) in changed {
+            tracing::info!(option = %name, enabled = on, "agent option changed");
+            if name == "Debug" {
+                (self.debug_switch)(on);
+            }
+        }
+        Ok(self.configuration())
+    }
+
+    // ---- IPAM ----
+
+    fn persist_ipam(&self, inner: &Inner) -> Result<(), StateError> {
+        inner.state.write_json(&inner.state.ipam_path(), &self.ipam.to_state())
+    }
+
+    /// `POST /ipam`.
+    pub fn ipam_allocate(
+        &self,
+        family: Option<Family>,
+        owner: &str,
+    ) -> Result<IpamResponse, AgentError> {
+        check_owner(owner)?;
+        let inner = lock(&self.inner);
+        let pair = self.ipam.allocate(family, owner)?;
+        if let Err(e) = self.persist_ipam(&inner) {
+            self.ipam.release_pair(&pair);
+            return Err(e.into());
+        }
+        tracing::debug!(?pair, owner, "allocated");
+        Ok(IpamResponse { endpoint: pair, host_addressing: self.ipam.node_addressing() })
+    }
+
+    /// `POST /ipam/{ip}`.
+    pub fn ipam_reserve(&self, ip: IpAddr, owner: &str) -> Result<IpamAllocation, AgentError> {
+        check_owner(owner)?;
+        let inner = lock(&self.inner);
+        self.ipam.reserve(ip, owner)?;
+        if let Err(e) = self.persist_ipam(&inner) {
+            // Undo the reservation made just above; it cannot fail.
+            let _ = self.ipam.release(ip);
+            return Err(e.into());
+        }
+        Ok(IpamAllocation { ip, owner: owner.to_string() })
+    }
+
+    /// `DELETE /ipam/{ip}`. Addresses of live endpoints are released by deleting the endpoint.
+    pub fn ipam_release(&self, ip: IpAddr) -> Result<IpamAllocation, AgentError> {
+        let inner = lock(&self.inner);
+        if let Some(endpoint) = self.ipam.owner(&ip).as_deref().and_then(owner_endpoint) {
+            if inner.endpoints.contains(endpoint) {
+                return Err(AgentError::AddressInUse { ip, endpoint });
+            }
+        }
+        let owner = self.ipam.release(ip)?;
+        if let Err(e) = self.persist_ipam(&inner) {
+            // Put the allocation back as it was; the address was ours a moment ago.
+            let _ = self.ipam.reserve(ip, &owner);
+            return Err(e.into());
+        }
+        tracing::debug!(%ip, owner, "released");
+        Ok(IpamAllocation { ip, owner })
+    }
+
+    // ---- endpoints ----
+
+    /// `GET /endpoint`, with an optional label filter.
+    pub fn endpoint_list(&self, filter: &[Label]) -> Vec<Endpoint> {
+        let inner = lock(&self.inner);
+        inner.endpoints.iter().filter(|r| r.matches_labels(filter)).map(|r| r.to_api()).collect()
+    }
+
+    /// `GET /endpoint/{id}`.
+    pub fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, AgentError> {
+        let inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        Ok(inner.endpoints.get(n).map(EndpointRecord::to_api).ok_or_else(|| not_found(id))?)
+    }
+
+    /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM.
+    pub fn endpoint_create(
+        &self,
+        id: &EndpointId,
+        mut req: EndpointChangeRequest,
+    ) -> Result<Endpoint, AgentError> {
+        merge_path_id(id, &mut req)?;
+        let mut inner = lock(&self.inner);
+        if let Ok(existing) = inner.endpoints.lookup(id) {
+            return Err(EndpointError::Conflict(format!(
+                "endpoint {id} already exists (endpoint {existing})"
+            ))
+            .into());
+        }
+        if req.id == Some(0) {
+            return Err(AgentError::Invalid("endpoint ids are 1-65535".into()));
+        }
+        if let Some(n) = req.id {
+            if inner.endpoints.contains(n) {
+                return Err(EndpointError::Conflict(format!("endpoint {n} already exists")).into());
+            }
+        }
+        let mut record = EndpointRecord::from_request(0, &req)?;
+        inner.endpoints.check_unique(&record)?;
+        record.id = match req.id {
+            Some(n) => n,
+            None => inner.endpoints.allocate_id()?,
+        };
+        let claims = self.claim_addresses(&inner, &record)?;
+        let path = inner.state.endpoint_path(record.id);
+        let saved = inner
+            .state
+            .write_json(&path, &record)
+            .and_then(|()| self.persist_ipam(&inner));
+        if let Err(e) = saved {
+            self.undo_claims(&claims);
+            // Best effort: a leftover file would be reconciled away at the next start anyway.
+            let _ = inner.state.remove(&path);
+            let _ = self.persist_ipam(&inner);
+            return Err(e.into());
+        }
+        tracing::info!(endpoint = record.id, container = %record.container_id, "endpoint created");
+        let api = record.to_api();
+        inner.endpoints.insert(record);
+        Ok(api)
+    }
+
+    /// Makes every address of `record` owned by it in IPAM. All or nothing.
+    fn claim_addresses(&self, inner: &Inner, record: &EndpointRecord) -> Result<Vec<Claim>, AgentError> {
+        let tag = record.owner_tag();
+        let mut claims: Vec<Claim> = Vec::new();
+        for ip in record.addresses() {
+            let result = self.claim_one(inner, ip, &tag);
+            match result {
+                Ok(claim) => claims.push(claim),
+                Err(e) => {
+                    self.undo_claims(&claims);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    fn claim_one(&self, inner: &Inner, ip: IpAddr, tag: &str) -> Result<Claim, AgentError> {
+        let family = Family::of(&ip);
+        if !self.ipam.enabled(family) {
+            return Err(AgentError::Invalid(format!(
+                "addressing.{family}: {family} is disabled on this agent"
+            )));
+        }
+        match self.ipam.owner(&ip) {
+            None => {
+                self.ipam.reserve(ip, tag)?;
+                Ok(Claim { ip, previous_owner: None })
+            }
+            Some(owner) if owner == ROUTER_OWNER => Err(IpamError::AlreadyAllocated { ip, owner }.into()),
+            Some(owner) => match owner_endpoint(&owner) {
+                Some(endpoint) if inner.endpoints.contains(endpoint) => {
+                    Err(AgentError::AddressInUse { ip, endpoint })
+                }
+                _ => {
+                    self.ipam.set_owner(&ip, tag)?;
+                    Ok(Claim { ip, previous_owner: Some(owner) })
+                }
+            },
+        }
+    }
+
+    fn undo_claims(&self, claims: &[Claim]) {
+        for claim in claims {
+            // Each claim was made a moment ago under the same lock; undoing cannot conflict.
+            let _ = match &claim.previous_owner {
+                Some(owner) => self.ipam.set_owner(&claim.ip, owner),
+                None => self.ipam.release(claim.ip).map(|_| ()),
+            };
+        }
+    }
+
+    /// `PATCH /endpoint/{id}`.
+    pub fn endpoint_patch(
+        &self,
+        id: &EndpointId,
+        req: EndpointChangeRequest,
+    ) -> Result<Endpoint, AgentError> {
+        let mut inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        let current = inner.endpoints.get(n).ok_or_else(|| not_found(id))?;
+        if req.id.is_some_and(|x| x != n) {
+            return Err(AgentError::Invalid("the endpoint id cannot be changed".into()));
+        }
+        if let Some(cid) = &req.container_id {
+            if !current.container_id.is_empty() && *cid != current.container_id {
+                return Err(AgentError::Invalid(format!(
+                    "container-id of endpoint {n} is {} and cannot be changed",
+                    current.container_id
+                )));
+            }
+        }
+        if req.addressing.as_ref().is_some_and(|a| *a != current.addressing) {
+            return Err(AgentError::Invalid(
+                "the addressing of an endpoint cannot be changed; delete and re-create it".into(),
+            ));
+        }
+        let mut updated = current.clone();
+        updated.apply_fields(&req)?;
+        if let Some(state) = req.state {
+            updated.set_state(state, "state changed through the API")?;
+        }
+        inner.endpoints.check_unique(&updated)?;
+        self.save_endpoint(&mut inner, updated)
+    }
+
+    /// Writes a changed endpoint, then replaces it in memory.
+    fn save_endpoint(&self, inner: &mut Inner, record: EndpointRecord) -> Result<Endpoint, AgentError> {
+        inner.state.write_json(&inner.state.endpoint_path(record.id), &record)?;
+        let api = record.to_api();
+        if record.options.get("Debug") {
+            tracing::info!(endpoint = record.id, state = %record.state, "endpoint updated");
+        }
+        inner.endpoints.insert(record);
+        Ok(api)
+    }
+
+    /// `DELETE /endpoint/{id}`: removes the endpoint and releases its addresses. The endpoint
+    /// is gone even when some cleanup fails; those failures are reported.
+    pub fn endpoint_delete(&self, id: &EndpointId) -> Result<DeleteOutcome, AgentError> {
+        let mut inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        let mut record = inner.endpoints.remove(n).ok_or_else(|| not_found(id))?;
+        // Every state may go to disconnected.
+        let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
+        let tag = record.owner_tag();
+        let mut errors = Vec::new();
+        for ip in record.addresses() {
+            if self.ipam.owner(&ip).as_deref() == Some(tag.as_str()) {
+                if let Err(e) = self.ipam.release(ip) {
+                    errors.push(format!("release {ip}: {e}"));
+                }
+            }
+        }
+        if let Err(e) = inner.state.remove(&inner.state.endpoint_path(n)) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.persist_ipam(&inner) {
+            errors.push(e.to_string());
+        }
+        tracing::info!(endpoint = n, errors = errors.len(), "endpoint deleted");
+        Ok(DeleteOutcome { endpoint: record.to_api(), errors })
+    }
+
+    /// `GET /endpoint/{id}/labels`.
+    pub fn endpoint_labels(&self, id: &EndpointId) -> Result<LabelConfiguration, AgentError> {
+        let inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        Ok(inner.endpoints.get(n).ok_or_else(|| not_found(id))?.labels.clone())
+    }
+
+    /// `PUT /endpoint/{id}/labels`.
+    pub fn endpoint_labels_modify(
+        &self,
+        id: &EndpointId,
+        modifier: &LabelsModifier,
+    ) -> Result<LabelConfiguration, AgentError> {
+        let add = crate::labels::parse_list(&modifier.add)?;
+        let delete = crate::labels::parse_list(&modifier.delete)?;
+        let mut inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        let mut updated = inner.endpoints.get(n).ok_or_else(|| not_found(id))?.clone();
+        updated.modify_labels(&add, &delete)?;
+        let labels = updated.labels.clone();
+        self.save_endpoint(&mut inner, updated)?;
+        Ok(labels)
+    }
+
+    /// `GET /endpoint/{id}/config`.
+    pub fn endpoint_config(&self, id: &EndpointId) -> Result<ConfigurationMap, AgentError> {
+        let inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        Ok(inner.endpoints.get(n).ok_or_else(|| not_found(id))?.options.to_map())
+    }
+
+    /// `PATCH /endpoint/{id}/config`.
+    pub fn endpoint_config_patch(
+        &self,
+        id: &EndpointId,
+        changes: &ConfigurationMap,
+    ) -> Result<ConfigurationMap, AgentError> {
+        let mut inner = lock(&self.inner);
+        let n = inner.endpoints.lookup(id)?;
+        let mut updated = inner.endpoints.get(n).ok_or_else(|| not_found(id))?.clone();
+        for (name, on) in updated.options.apply(changes)? {
+            let message = format!("option {name} {}", crate::options::render(on).to_lowercase());
+            updated.log(cilium_api::models::StatusCode::Ok, &message);
+        }
+        let options = updated.options.to_map();
+        self.save_endpoint(&mut inner, updated)?;
+        Ok(options)
+    }
+}
+
+/// An address claimed for an endpoint, with whom it belonged to before.
+#[derive(Debug)]
+struct Claim {
+    ip: IpAddr,
+    previous_owner: Option<String>,
+}
+
+fn not_found(id: &EndpointId) -> EndpointError {
+    EndpointError::NotFound(id.to_string())
+}
+
+/// Owners named by API callers must not impersonate the agent's own tags.
+fn check_owner(owner: &str) -> Result<(), AgentError> {
+    if owner.is_empty() {
+        return Err(AgentError::Invalid("missing owner: say who the address is for (?owner=...)".into()));
+    }
+    validate_name(owner).map_err(|e| AgentError::Invalid(format!("invalid owner: {e}")))?;
+    if owner == ROUTER_OWNER || owner_endpoint(owner).is_some() || owner.starts_with("endpoint:") {
+        return Err(AgentError::Invalid(format!(
+            "owner '{owner}' is reserved for the agent's own records"
+        )));
+    }
+    Ok(())
+}
+
+/// Puts the id from the path into the request, refusing a body that says otherwise.
+fn merge_path_id(id: &EndpointId, req: &mut EndpointChangeRequest) -> Result<(), AgentError> {
+    let (slot, value, field): (&mut Option<String>, &str, &str) = match id {
+        EndpointId::CiliumLocal(n) => {
+            if req.id.is_some_and(|b| b != *n) {
+                return Err(AgentError::Invalid(format!(
+                    "the path names endpoint {n} but the body says id {}",
+                    req.id.unwrap_or_default()
+                )));
+            }
+            req.id = Some(*n);
+            return Ok(());
+        }
+        EndpointId::ContainerId(v) => (&mut req.container_id, v, "container-id"),
+        EndpointId::DockerEndpoint(v) => (&mut req.docker_endpoint_id, v, "docker-endpoint-id"),
+        EndpointId::ContainerName(v) => (&mut req.container_name, v, "container-name"),
+        EndpointId::PodName(v) => (&mut req.pod_name, v, "pod-name"),
+    };
+    match slot {
+        Some(body) if body != value => Err(AgentError::Invalid(format!(
+            "the path names {id} but the body says {field} {body}"
+        ))),
+        _ => {
+            *slot = Some(value.to_string());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

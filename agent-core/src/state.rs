@@ -1,0 +1,261 @@
+//! The agent's persistent state under `--state-dir`: JSON files written atomically (temp
+//! file, fsync, rename, fsync of the directory) and read back at start. A file that does not
+//! parse is moved aside and reported, never fatal. The directory is locked for the life of
+//! the agent so that two agents never share it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::timestamp;
+
+const LOCK_FILE: &str = "agent.lock";
+const IPAM_FILE: &str = "ipam.json";
+const ENDPOINTS_DIR: &str = "endpoints";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Errors of the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state directory {} is in use by another cilium-agent (lock {} is held)",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("state file {} is corrupt ({reason}); moved it to {}", path.display(), moved_to.display())]
+    Corrupt { path: PathBuf, moved_to: PathBuf, reason: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// The locked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    /// Creates the directory (mode 0700) if needed and locks it.
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        let endpoints = root.join(ENDPOINTS_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&endpoints)
+            .map_err(io_err("create state directory", &endpoints))?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("open lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked { dir: root.to_path_buf(), lock: lock_path })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+        }
+        let dir = StateDir { root: root.to_path_buf(), _lock: lock };
+        dir.remove_temp_files()?;
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn ipam_path(&self) -> PathBuf {
+        self.root.join(IPAM_FILE)
+    }
+
+    pub fn endpoint_path(&self, id: u16) -> PathBuf {
+        self.root.join(ENDPOINTS_DIR).join(format!("{id}.json"))
+    }
+
+    /// Temp files left by a write that was interrupted (the rename never happened, so the
+    /// previous version of the file is intact).
+    fn remove_temp_files(&self) -> Result<(), StateError> {
+        for dir in [self.root.clone(), self.root.join(ENDPOINTS_DIR)] {
+            for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+                let path = entry.map_err(io_err("read", &dir))?.path();
+                if path.to_string_lossy().ends_with(TMP_SUFFIX) {
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `value` as JSON to `path` atomically.
+    pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| io_err("serialize", path)(io::Error::other(e)))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads a JSON file. `Ok(None)` when it does not exist. A file that cannot be parsed is
+    /// moved aside (`<name>.corrupt-<time>`) and reported as [`StateError::Corrupt`].
+    pub fn read_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StateError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", path)(e)),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(self.move_aside(path, e.to_string())),
+        }
+    }
+
+    /// Moves a file that cannot be used out of the way and returns the error describing it.
+    pub fn move_aside(&self, path: &Path, reason: String) -> StateError {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stamp = timestamp::now_compact();
+        let moved_to = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+        if let Err(source) = fs::rename(path, &moved_to) {
+            return StateError::Io { op: "move aside corrupt file", path: path.to_path_buf(), source };
+        }
+        StateError::Corrupt { path: path.to_path_buf(), moved_to, reason }
+    }
+
+    /// Removes a file; a missing file is not an error.
+    pub fn remove(&self, path: &Path) -> Result<(), StateError> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", path)(e)),
+        }
+    }
+
+    /// The endpoint files present, by endpoint id. Files with other names are left alone.
+    pub fn endpoint_files(&self) -> Result<Vec<(u16, PathBuf)>, StateError> {
+        let dir = self.root.join(ENDPOINTS_DIR);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let path = entry.map_err(io_err("read", &dir))?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u16>().ok())
+                .filter(|id| *id > 0);
+            if let Some(id) = id {
+                out.push((id, path));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes every state file (start with `--restore=false`).
+    pub fn discard_all(&self) -> Result<(), StateError> {
+        self.remove(&self.ipam_path())?;
+        for (_, path) in self.endpoint_files()? {
+            self.remove(&path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file so that a reader sees either the old or the new content, also after a
+/// crash: temp file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}{TMP_SUFFIX}"));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    file.write_all(bytes).map_err(io_err("write", &tmp))?;
+    file.sync_all().map_err(io_err("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        a: u32,
+        b: String,
+    }
+
+    #[test]
+    fn write_read_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let value = Sample { a: 7, b: "x".into() };
+        dir.write_json(&dir.endpoint_path(7), &value).unwrap();
+        assert_eq!(dir.read_json::<Sample>(&dir.endpoint_path(7)).unwrap(), Some(value));
+        assert_eq!(dir.endpoint_files().unwrap(), vec![(7, dir.endpoint_path(7))]);
+        assert!(dir.read_json::<Sample>(&dir.ipam_path()).unwrap().is_none());
+        let mode = fs::metadata(dir.endpoint_path(7)).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        fs::write(dir.ipam_path(), b"{\"a\": 1,").unwrap();
+        let err = dir.read_json::<Sample>(&dir.ipam_path()).unwrap_err();
+        let StateError::Corrupt { moved_to, .. } = &err else { panic!("{err}") };
+        assert!(moved_to.exists());
+        assert!(!dir.ipam_path().exists());
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        // Next start: no file, no error.
+        assert!(dir.read_json::<Sample>(&dir.ipam_path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = StateDir::open(tmp.path()).unwrap();
+        let err = StateDir::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        drop(first);
+        StateDir::open(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_and_other_files_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join("endpoints/.5.json.tmp"), b"half").unwrap();
+        fs::write(tmp.path().join("endpoints/notes.txt"), b"x").unwrap();
+        fs::write(tmp.path().join("endpoints/0.json"), b"{}").unwrap();
+        drop(dir);
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert!(!tmp.path().join("endpoints/.5.json.tmp").exists());
+        assert!(dir.endpoint_files().unwrap().is_empty());
+    }
+}
