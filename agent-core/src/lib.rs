@@ -1,9 +1,9 @@
 //! The Cilium agent as a library: configuration, node addressing, IPAM, endpoints, state
 //! persistence and the REST API server. `cilium-agent` and `cilium` are thin binaries over it.
 
-// pub mod api_server;
+pub mod api_server;
 pub mod cidr;
-// pub mod cli;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod endpoint;

@@ -65,6 +65,7 @@ impl ClientError {
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -128,9 +129,10 @@ impl Client {
         let http_err = |source| ClientError::Http { method: method.clone(), path: uri.clone(), source };
         let response = sender.send_request(request).await.map_err(http_err)?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await.map_err(http_err)?.to_bytes();
         *guard = Some(sender);
-        Ok(Reply { status, body })
+        Ok(Reply { status, headers, body })
     }
 
     async fn call<T: DeserializeOwned>(

@@ -26,7 +26,7 @@ pub enum StatusState {
 
 impl fmt::Display for StatusState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             StatusState::Ok => "Ok",
             StatusState::Warning => "Warning",
             StatusState::Failure => "Failure",
@@ -163,7 +163,7 @@ impl Family {
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -215,7 +215,7 @@ impl EndpointState {
 
 impl fmt::Display for EndpointState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

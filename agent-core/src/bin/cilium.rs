@@ -1,1 +1,5 @@
-fn main(){}
+//! `cilium`: the command-line client of the agent.
+
+fn main() -> std::process::ExitCode {
+    agent_core::cli::main()
+}

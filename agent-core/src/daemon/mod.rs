@@ -2,6 +2,7 @@
 //! change written to the state directory before it is acknowledged. The API server only
 //! turns requests into calls on this type.
 
+mod process;
 mod restore;
 
 use std::net::IpAddr;
@@ -22,6 +23,8 @@ use crate::labels::{Label, LabelError};
 use crate::node::{AddressingReport, Node, NodeError};
 use crate::options::{OptionError, OptionSet};
 use crate::state::{StateDir, StateError};
+
+pub use process::{Daemon, RunError};
 
 /// Mutable agent options (`PATCH /config`).
 pub const AGENT_OPTIONS: &[&str] = &["Debug"];

@@ -1,0 +1,315 @@
+//! Request handling: routes a request, reads its body within the size limit, parses it into a
+//! call on the [`Agent`], and turns the result (or the error) into a JSON reply with the
+//! status codes of the API reference. The one place where errors become HTTP statuses.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use cilium_api::models::{
+    ConfigurationMap, EndpointChangeRequest, ErrorResponse, Family, LabelsModifier, PartialDelete,
+};
+use cilium_api::{EndpointId, MAX_BODY_BYTES};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::routes::{Route, RouteError};
+use crate::daemon::{Agent, AgentError};
+use crate::endpoint::EndpointError;
+use crate::ipam::IpamError;
+use crate::labels::Label;
+
+/// A reply: status and JSON body.
+pub type Reply = Response<Full<Bytes>>;
+
+/// An error reply in the making.
+#[derive(Debug)]
+struct Failure {
+    status: u16,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Failure { status, message: message.into() }
+    }
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure::new(status_of(&e), e.to_string())
+    }
+}
+
+impl From<EndpointError> for Failure {
+    fn from(e: EndpointError) -> Self {
+        AgentError::from(e).into()
+    }
+}
+
+/// The status code of an agent error (API reference, seed §8).
+pub fn status_of(e: &AgentError) -> u16 {
+    match e {
+        AgentError::Ipam(e) => match e {
+            IpamError::FamilyDisabled(_) => 501,
+            IpamError::Exhausted { .. } => 502,
+            IpamError::OutOfRange { .. } | IpamError::NotAllocatable { .. } => 400,
+            IpamError::AlreadyAllocated { .. } => 409,
+            IpamError::NotAllocated { .. } => 404,
+            IpamError::RangeTooSmall { .. }
+            | IpamError::StateMismatch { .. }
+            | IpamError::SavedFamilyDisabled { .. } => 500,
+        },
+        AgentError::Endpoint(e) => match e {
+            EndpointError::NotFound(_) => 404,
+            EndpointError::Conflict(_) => 409,
+            EndpointError::LabelNotFound { .. } => 460,
+            EndpointError::NoFreeId => 500,
+            EndpointError::Ambiguous { .. }
+            | EndpointError::Invalid(_)
+            | EndpointError::BadId(_)
+            | EndpointError::Label(_)
+            | EndpointError::BadTransition { .. } => 400,
+        },
+        AgentError::AddressInUse { .. } => 409,
+        AgentError::State(_) => 500,
+        AgentError::Option(_) | AgentError::Invalid(_) => 400,
+    }
+}
+
+fn json_reply<T: Serialize>(status: u16, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(body) => build(status, body),
+        Err(e) => error_reply(500, &format!("cannot encode the reply: {e}")),
+    }
+}
+
+fn build(status: u16, body: Vec<u8>) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_reply(status: u16, message: &str) -> Reply {
+    let body = serde_json::to_vec(&ErrorResponse { error: message.to_string() })
+        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    build(status, body)
+}
+
+/// Serves one request. Never fails: every problem becomes an error reply.
+pub async fn handle<B>(agent: &Agent, request: Request<B>) -> Result<Reply, Infallible>
+where
+    B: Body,
+    B::Error: Display + Send + Sync + 'static + std::error::Error,
+{
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let reply = match Route::parse(&path) {
+        Err(RouteError::NotFound) => error_reply(404, &format!("no such API path: {path}")),
+        Err(RouteError::BadEncoding) => {
+            error_reply(400, &format!("malformed percent-encoding in path {path}"))
+        }
+        Ok(route) if !route.spec().methods.contains(&method) => {
+            let allowed: Vec<&str> = route.spec().methods.iter().map(Method::as_str).collect();
+            let mut reply = error_reply(
+                405,
+                &format!("method {method} is not allowed on {path} (allowed: {})", allowed.join(", ")),
+            );
+            if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                reply.headers_mut().insert(header::ALLOW, value);
+            }
+            reply
+        }
+        Ok(route) => match read_body(request).await {
+            Ok(body) => match dispatch(agent, route, &method, &query, &body) {
+                Ok(reply) => reply,
+                Err(f) => error_reply(f.status, &f.message),
+            },
+            Err(f) => error_reply(f.status, &f.message),
+        },
+    };
+    tracing::debug!(%method, %path, status = reply.status().as_u16(), "api request");
+    Ok(reply)
+}
+
+async fn read_body<B>(request: Request<B>) -> Result<Bytes, Failure>
+where
+    B: Body,
+    B::Error: Display + Send + Sync + 'static + std::error::Error,
+{
+    let too_large = || Failure::new(413, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Failure::new(400, format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::new(400, format!("request body is empty: expected {what} as JSON")));
+    }
+    serde_json::from_slice(body).map_err(|e| Failure::new(400, format!("invalid {what}: {e}")))
+}
+
+/// Query parameters, refusing unknown and repeated ones.
+fn query_params(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>, Failure> {
+    let pairs = cilium_api::path::query_pairs(query)
+        .ok_or_else(|| Failure::new(400, "malformed percent-encoding in the query string"))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in pairs {
+        if !allowed.contains(&key.as_str()) {
+            let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            return Err(Failure::new(400, format!("unknown query parameter '{key}' (accepted: {known})")));
+        }
+        if out.insert(key.clone(), value).is_some() {
+            return Err(Failure::new(400, format!("query parameter '{key}' given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn endpoint_id(raw: &str) -> Result<EndpointId, Failure> {
+    raw.parse::<EndpointId>().map_err(|e| Failure::new(400, e.to_string()))
+}
+
+fn ip_param(raw: &str) -> Result<IpAddr, Failure> {
+    raw.parse::<IpAddr>().map_err(|_| Failure::new(400, format!("invalid IP address '{raw}'")))
+}
+
+fn dispatch(
+    agent: &Agent,
+    route: Route,
+    method: &Method,
+    query: &str,
+    body: &[u8],
+) -> Result<Reply, Failure> {
+    let no_query = |q: &str| query_params(q, &[]).map(|_| ());
+    match (route, method.clone()) {
+        (Route::Healthz, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.status()))
+        }
+        (Route::Config, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.configuration()))
+        }
+        (Route::Config, Method::PATCH) => {
+            no_query(query)?;
+            let changes: ConfigurationMap = json_body(body, "an option map")?;
+            Ok(json_reply(200, &agent.patch_configuration(&changes)?))
+        }
+        (Route::Ipam, Method::POST) => {
+            let params = query_params(query, &["family", "owner"])?;
+            let family = params
+                .get("family")
+                .filter(|f| !f.is_empty())
+                .map(|f| f.parse::<Family>().map_err(|e| Failure::new(400, e)))
+                .transpose()?;
+            let owner = params.get("owner").map(String::as_str).unwrap_or("");
+            Ok(json_reply(201, &agent.ipam_allocate(family, owner)?))
+        }
+        (Route::IpamIp(ip), Method::POST) => {
+            let params = query_params(query, &["owner"])?;
+            let owner = params.get("owner").map(String::as_str).unwrap_or("");
+            Ok(json_reply(200, &agent.ipam_reserve(ip_param(&ip)?, owner)?))
+        }
+        (Route::IpamIp(ip), Method::DELETE) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.ipam_release(ip_param(&ip)?)?))
+        }
+        (Route::Endpoints, Method::GET) => {
+            let params = query_params(query, &["labels"])?;
+            let filter = params
+                .get("labels")
+                .map(|list| {
+                    list.split(',')
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| l.trim().parse::<Label>())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .map_err(|e| Failure::new(400, e.to_string()))?
+                .unwrap_or_default();
+            let list = agent.endpoint_list(&filter);
+            if list.is_empty() && !filter.is_empty() {
+                return Err(Failure::new(404, "no endpoint carries all of the given labels"));
+            }
+            Ok(json_reply(200, &list))
+        }
+        (Route::Endpoint(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.endpoint_get(&endpoint_id(&id)?)?))
+        }
+        (Route::Endpoint(id), Method::PUT) => {
+            no_query(query)?;
+            let id = endpoint_id(&id)?;
+            let req: EndpointChangeRequest = json_body(body, "an endpoint change request")?;
+            Ok(json_reply(201, &agent.endpoint_create(&id, req)?))
+        }
+        (Route::Endpoint(id), Method::PATCH) => {
+            no_query(query)?;
+            let id = endpoint_id(&id)?;
+            let req: EndpointChangeRequest = json_body(body, "an endpoint change request")?;
+            Ok(json_reply(200, &agent.endpoint_patch(&id, req)?))
+        }
+        (Route::Endpoint(id), Method::DELETE) => {
+            no_query(query)?;
+            let outcome = agent.endpoint_delete(&endpoint_id(&id)?)?;
+            if outcome.errors.is_empty() {
+                Ok(json_reply(200, &outcome.endpoint))
+            } else {
+                let partial = PartialDelete {
+                    error: format!(
+                        "endpoint {} deleted with errors: {}",
+                        outcome.endpoint.id,
+                        outcome.errors.join("; ")
+                    ),
+                    errors: outcome.errors.len() as u32,
+                };
+                Ok(json_reply(206, &partial))
+            }
+        }
+        (Route::EndpointConfig(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.endpoint_config(&endpoint_id(&id)?)?))
+        }
+        (Route::EndpointConfig(id), Method::PATCH) => {
+            no_query(query)?;
+            let id = endpoint_id(&id)?;
+            let changes: ConfigurationMap = json_body(body, "an option map")?;
+            Ok(json_reply(200, &agent.endpoint_config_patch(&id, &changes)?))
+        }
+        (Route::EndpointLabels(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.endpoint_labels(&endpoint_id(&id)?)?))
+        }
+        (Route::EndpointLabels(id), Method::PUT) => {
+            no_query(query)?;
+            let id = endpoint_id(&id)?;
+            let modifier: LabelsModifier = json_body(body, "a label modifier")?;
+            Ok(json_reply(200, &agent.endpoint_labels_modify(&id, &modifier)?))
+        }
+        (route, method) => Err(Failure::new(
+            405,
+            format!("method {method} is not allowed on {}", route.spec().template),
+        )),
+    }
+}

@@ -1,0 +1,122 @@
+//! The routing table of the API: which paths exist under `/v1`, which methods each serves,
+//! and the parsing of a request path into a typed [`Route`]. `openapi.json` documents exactly
+//! this table (a test holds them together).
+
+use http::Method;
+
+/// One documented path with its methods.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// The path template as the OpenAPI document writes it (without `/v1`).
+    pub template: &'static str,
+    pub methods: &'static [Method],
+}
+
+/// Every path the agent serves.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec { template: "/healthz", methods: &[Method::GET] },
+    RouteSpec { template: "/config", methods: &[Method::GET, Method::PATCH] },
+    RouteSpec { template: "/ipam", methods: &[Method::POST] },
+    RouteSpec { template: "/ipam/{ip}", methods: &[Method::POST, Method::DELETE] },
+    RouteSpec { template: "/endpoint", methods: &[Method::GET] },
+    RouteSpec {
+        template: "/endpoint/{id}",
+        methods: &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
+    },
+    RouteSpec { template: "/endpoint/{id}/config", methods: &[Method::GET, Method::PATCH] },
+    RouteSpec { template: "/endpoint/{id}/labels", methods: &[Method::GET, Method::PUT] },
+];
+
+/// A parsed request path. Path parameters are percent-decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Config,
+    Ipam,
+    IpamIp(String),
+    Endpoints,
+    Endpoint(String),
+    EndpointConfig(String),
+    EndpointLabels(String),
+}
+
+/// Why a path did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No such path.
+    NotFound,
+    /// A path parameter has a malformed percent-escape.
+    BadEncoding,
+}
+
+impl Route {
+    /// Resolves a full request path (with the `/v1` prefix).
+    pub fn parse(path: &str) -> Result<Route, RouteError> {
+        let rest = path.strip_prefix(cilium_api::API_BASE).ok_or(RouteError::NotFound)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let segments: Vec<&str> = rest.split('/').skip(1).collect();
+        if rest.is_empty() || !rest.starts_with('/') || segments.iter().any(|s| s.is_empty()) {
+            return Err(RouteError::NotFound);
+        }
+        let param = |s: &str| cilium_api::path::decode(s, false).ok_or(RouteError::BadEncoding);
+        match segments.as_slice() {
+            ["healthz"] => Ok(Route::Healthz),
+            ["config"] => Ok(Route::Config),
+            ["ipam"] => Ok(Route::Ipam),
+            ["ipam", ip] => Ok(Route::IpamIp(param(ip)?)),
+            ["endpoint"] => Ok(Route::Endpoints),
+            ["endpoint", id] => Ok(Route::Endpoint(param(id)?)),
+            ["endpoint", id, "config"] => Ok(Route::EndpointConfig(param(id)?)),
+            ["endpoint", id, "labels"] => Ok(Route::EndpointLabels(param(id)?)),
+            _ => Err(RouteError::NotFound),
+        }
+    }
+
+    /// The entry of [`ROUTES`] this route belongs to.
+    pub fn spec(&self) -> &'static RouteSpec {
+        let index = match self {
+            Route::Healthz => 0,
+            Route::Config => 1,
+            Route::Ipam => 2,
+            Route::IpamIp(_) => 3,
+            Route::Endpoints => 4,
+            Route::Endpoint(_) => 5,
+            Route::EndpointConfig(_) => 6,
+            Route::EndpointLabels(_) => 7,
+        };
+        &ROUTES[index]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_resolves_to_itself() {
+        for spec in ROUTES {
+            let path = format!("/v1{}", spec.template.replace("{ip}", "10.0.0.1").replace("{id}", "7"));
+            let route = Route::parse(&path).unwrap();
+            assert_eq!(route.spec().template, spec.template, "{path}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_decoded() {
+        assert_eq!(
+            Route::parse("/v1/endpoint/pod-name:default%2Fweb/labels").unwrap(),
+            Route::EndpointLabels("pod-name:default/web".into())
+        );
+        assert_eq!(Route::parse("/v1/ipam/f00d::5").unwrap(), Route::IpamIp("f00d::5".into()));
+        assert_eq!(Route::parse("/v1/endpoint/").unwrap(), Route::Endpoints);
+        assert_eq!(Route::parse("/v1/endpoint/%zz"), Err(RouteError::BadEncoding));
+    }
+
+    #[test]
+    fn unknown_paths() {
+        for p in ["/", "/v1", "/v1/", "/v2/healthz", "/v1/healthzz", "/v1/endpoint//config",
+                  "/v1/endpoint/1/bogus", "/v1/ipam/1/2", "/healthz"] {
+            assert_eq!(Route::parse(p), Err(RouteError::NotFound), "{p}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The agent process: binds the API socket, starts the [`Agent`], serves until SIGTERM or
+//! SIGINT, and removes the socket on the way out.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{Agent, DebugSwitch, StartError};
+use crate::api_server::{ApiSocket, SocketError};
+use crate::config::AgentConfig;
+
+/// Errors that end the agent process.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A started agent with its bound socket.
+#[derive(Debug)]
+pub struct Daemon {
+    agent: Arc<Agent>,
+    socket: ApiSocket,
+}
+
+impl Daemon {
+    /// Binds the socket first (so a second agent fails before touching any state), then
+    /// starts the agent. Must run inside a tokio runtime.
+    pub fn start(config: AgentConfig, debug_switch: DebugSwitch) -> Result<Daemon, RunError> {
+        let socket = ApiSocket::bind(&config.socket_path)?;
+        let agent = Arc::new(Agent::start(config, debug_switch)?);
+        Ok(Daemon { agent, socket })
+    }
+
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// Serves the API until SIGTERM or SIGINT.
+    pub async fn serve_until_signal(self) -> Result<(), RunError> {
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+        };
+        tracing::info!(socket = %self.socket.path().display(), "serving the API");
+        self.socket.serve(self.agent, shutdown).await;
+        Ok(())
+    }
+}
