@@ -133,6 +133,9 @@ impl Pool {
 
     /// Reserves a given address.
     pub fn reserve(&mut self, ip: IpAddr, owner: &str) -> Result<(), IpamError> {
+        if self.alloc.contains(&ip) && to_u128(&ip) == self.router {
+            return Err(IpamError::AlreadyAllocated { ip, owner: ROUTER_OWNER.to_string() });
+        }
         let value = self.check_allocatable(&ip)?;
         if let Some(current) = self.allocated.get(&value) {
             return Err(IpamError::AlreadyAllocated { ip, owner: current.clone() });
