@@ -77,7 +77,10 @@ impl Cidr {
         if prefix <= self.prefix {
             *self
         } else {
-            Cidr { network: self.network, prefix: prefix.min(self.bits()) }
+            Cidr {
+                network: self.network,
+                prefix: prefix.min(self.bits()),
+            }
         }
     }
 }
@@ -101,11 +104,18 @@ impl FromStr for Cidr {
         let prefix: u8 = len.parse().map_err(|_| syntax())?;
         let max = bits_of(&addr);
         if prefix > max {
-            return Err(CidrError::Length { input: s.to_string(), prefix, max });
+            return Err(CidrError::Length {
+                input: s.to_string(),
+                prefix,
+                max,
+            });
         }
         let cidr = Cidr::new_truncated(addr, prefix);
         if cidr.network != addr {
-            return Err(CidrError::HostBits { input: s.to_string(), network: cidr.to_string() });
+            return Err(CidrError::HostBits {
+                input: s.to_string(),
+                network: cidr.to_string(),
+            });
         }
         Ok(cidr)
     }
@@ -160,7 +170,10 @@ mod tests {
         let c: Cidr = "10.2.0.0/16".parse().unwrap();
         assert_eq!(c.to_string(), "10.2.0.0/16");
         assert_eq!(c.nth(1).unwrap().to_string(), "10.2.0.1");
-        assert_eq!(from_u128(c.last(), Family::Ipv4).to_string(), "10.2.255.255");
+        assert_eq!(
+            from_u128(c.last(), Family::Ipv4).to_string(),
+            "10.2.255.255"
+        );
         let v6: Cidr = "f00d::c000:202:0:0/96".parse().unwrap();
         assert_eq!(v6.first_subnet(112).to_string(), "f00d::c000:202:0:0/112");
         assert_eq!(
@@ -181,12 +194,30 @@ mod tests {
 
     #[test]
     fn bad_prefixes_name_the_problem() {
-        assert!(matches!("10.2.0.0".parse::<Cidr>(), Err(CidrError::Syntax(_))));
-        assert!(matches!("10.2.0.0/".parse::<Cidr>(), Err(CidrError::Syntax(_))));
-        assert!(matches!("10.2.0.0/+4".parse::<Cidr>(), Err(CidrError::Syntax(_))));
-        assert!(matches!("10.2.0.300/16".parse::<Cidr>(), Err(CidrError::Syntax(_))));
-        assert!(matches!("10.2.0.0/33".parse::<Cidr>(), Err(CidrError::Length { .. })));
+        assert!(matches!(
+            "10.2.0.0".parse::<Cidr>(),
+            Err(CidrError::Syntax(_))
+        ));
+        assert!(matches!(
+            "10.2.0.0/".parse::<Cidr>(),
+            Err(CidrError::Syntax(_))
+        ));
+        assert!(matches!(
+            "10.2.0.0/+4".parse::<Cidr>(),
+            Err(CidrError::Syntax(_))
+        ));
+        assert!(matches!(
+            "10.2.0.300/16".parse::<Cidr>(),
+            Err(CidrError::Syntax(_))
+        ));
+        assert!(matches!(
+            "10.2.0.0/33".parse::<Cidr>(),
+            Err(CidrError::Length { .. })
+        ));
         let err = "10.2.0.1/16".parse::<Cidr>().unwrap_err();
-        assert_eq!(err.to_string(), "'10.2.0.1/16' has host bits set: the network address is 10.2.0.0/16");
+        assert_eq!(
+            err.to_string(),
+            "'10.2.0.1/16' has host bits set: the network address is 10.2.0.0/16"
+        );
     }
 }

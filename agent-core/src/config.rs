@@ -25,9 +25,17 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("config file {}, line {line}: {reason}", path.display())]
-    FileSyntax { path: PathBuf, line: usize, reason: String },
+    FileSyntax {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("config file {}: unknown key '{key}' (known keys: {known})", path.display())]
-    UnknownKey { path: PathBuf, key: String, known: String },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
     #[error("invalid value for {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("--disable-ipv4 and --disable-ipv6 together leave no address family to serve")]
@@ -41,7 +49,11 @@ fn switch(s: &str) -> Result<bool, String> {
 /// Command-line flags of `cilium-agent`. Every flag can also be set with `CILIUM_<FLAG>` in
 /// the environment, or in the config file under the flag's name.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "cilium-agent", version, about = "Cilium agent: container networking and security")]
+#[command(
+    name = "cilium-agent",
+    version,
+    about = "Cilium agent: container networking and security"
+)]
 pub struct AgentArgs {
     /// Path of the API unix socket [default: /var/run/cilium/cilium.sock]
     #[arg(long, env = "CILIUM_SOCKET_PATH", value_name = "PATH")]
@@ -144,23 +156,22 @@ impl AgentArgs {
             flag.or_else(|| file.get(key).map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(default))
         };
-        let boolean = |flag: Option<bool>, key: &'static str, default: bool| {
-            match flag {
-                Some(v) => Ok(v),
-                None => match file.get(key) {
-                    Some(v) => switch(v).map_err(|reason| ConfigError::Invalid { key, reason }),
-                    None => Ok(default),
-                },
-            }
+        let boolean = |flag: Option<bool>, key: &'static str, default: bool| match flag {
+            Some(v) => Ok(v),
+            None => match file.get(key) {
+                Some(v) => switch(v).map_err(|reason| ConfigError::Invalid { key, reason }),
+                None => Ok(default),
+            },
         };
         let cidr = |value: Option<String>, key: &'static str, family: &str| {
             value
                 .map(|v| {
                     let c: Cidr =
-                        v.parse().map_err(|e: crate::cidr::CidrError| ConfigError::Invalid {
-                            key,
-                            reason: e.to_string(),
-                        })?;
+                        v.parse()
+                            .map_err(|e: crate::cidr::CidrError| ConfigError::Invalid {
+                                key,
+                                reason: e.to_string(),
+                            })?;
                     if c.family().as_str() != family {
                         return Err(ConfigError::Invalid {
                             key,
@@ -187,7 +198,10 @@ impl AgentArgs {
             .transpose()?;
         let node_name = text(self.node_name, "node-name");
         if let Some(name) = &node_name {
-            if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if name.is_empty()
+                || name.len() > 253
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(ConfigError::Invalid {
                     key: "node-name",
                     reason: format!("'{name}' must be 1-253 characters without whitespace"),
@@ -213,8 +227,10 @@ impl AgentArgs {
 /// Reads a config file: one `key: value` per line (a flat YAML mapping), `#` comments,
 /// values optionally quoted.
 pub fn read_config_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_config_text(&text, path)
 }
 
@@ -231,7 +247,9 @@ fn parse_config_text(text: &str, path: &Path) -> Result<BTreeMap<String, String>
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed == "---" {
             continue;
         }
-        let (key, value) = trimmed.split_once(':').ok_or_else(|| syntax("expected 'key: value'"))?;
+        let (key, value) = trimmed
+            .split_once(':')
+            .ok_or_else(|| syntax("expected 'key: value'"))?;
         let key = key.trim();
         if !FILE_KEYS.contains(&key) {
             return Err(ConfigError::UnknownKey {
@@ -261,7 +279,9 @@ fn strip_comment(value: &str) -> &str {
 fn unquote(value: &str) -> Result<String, String> {
     for q in ['"', '\''] {
         if let Some(rest) = value.strip_prefix(q) {
-            let end = rest.find(q).ok_or_else(|| format!("unterminated {q}quote"))?;
+            let end = rest
+                .find(q)
+                .ok_or_else(|| format!("unterminated {q}quote"))?;
             let tail = rest[end + 1..].trim();
             if !tail.is_empty() && !tail.starts_with('#') {
                 return Err(format!("unexpected text after the quoted value: {tail}"));
@@ -295,8 +315,16 @@ mod tests {
     #[test]
     fn flags_parse() {
         let c = args(&[
-            "--ipv4-range", "10.5.0.0/16", "--ipv6-range", "f00d::/96", "--disable-ipv6",
-            "--debug=true", "--restore", "false", "--node-address", "192.0.2.9",
+            "--ipv4-range",
+            "10.5.0.0/16",
+            "--ipv6-range",
+            "f00d::/96",
+            "--disable-ipv6",
+            "--debug=true",
+            "--restore",
+            "false",
+            "--node-address",
+            "192.0.2.9",
         ])
         .resolve()
         .unwrap();
@@ -309,13 +337,27 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let err = args(&["--ipv4-range", "10.5.0.1/16"]).resolve().unwrap_err().to_string();
-        assert!(err.contains("ipv4-range") && err.contains("host bits"), "{err}");
-        let err = args(&["--ipv4-range", "f00d::/96"]).resolve().unwrap_err().to_string();
+        let err = args(&["--ipv4-range", "10.5.0.1/16"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ipv4-range") && err.contains("host bits"),
+            "{err}"
+        );
+        let err = args(&["--ipv4-range", "f00d::/96"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an ipv4 prefix"), "{err}");
-        let err = args(&["--node-address", "nope"]).resolve().unwrap_err().to_string();
+        let err = args(&["--node-address", "nope"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node-address"), "{err}");
-        let err = args(&["--disable-ipv4", "--disable-ipv6"]).resolve().unwrap_err();
+        let err = args(&["--disable-ipv4", "--disable-ipv6"])
+            .resolve()
+            .unwrap_err();
         assert!(matches!(err, ConfigError::NoFamily));
         assert!(AgentArgs::try_parse_from(["cilium-agent", "--debug=maybe"]).is_err());
     }
@@ -330,7 +372,9 @@ mod tests {
         )
         .unwrap();
         let path = file.path().to_str().unwrap();
-        let c = args(&["--config", path, "--socket-path", "/tmp/flag.sock"]).resolve().unwrap();
+        let c = args(&["--config", path, "--socket-path", "/tmp/flag.sock"])
+            .resolve()
+            .unwrap();
         assert_eq!(c.socket_path, PathBuf::from("/tmp/flag.sock"));
         assert_eq!(c.state_dir, PathBuf::from("/tmp/from-file"));
         assert_eq!(c.ipv6_range.unwrap().to_string(), "f00d::/96");
@@ -340,18 +384,35 @@ mod tests {
     #[test]
     fn file_errors_name_line_and_key() {
         let p = Path::new("/etc/x.yaml");
-        let err = parse_config_text("debug: true\nbogus: 1\n", p).unwrap_err().to_string();
-        assert!(err.contains("unknown key 'bogus'"), "{err}");
-        let err = parse_config_text("debug true\n", p).unwrap_err().to_string();
-        assert_eq!(err, "config file /etc/x.yaml, line 1: expected 'key: value'");
-        let err = parse_config_text("debug: 1\ndebug: 0\n", p).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("twice"), "{err}");
-        let err = parse_config_text("node-name: \"abc\n", p).unwrap_err().to_string();
-        assert!(err.contains("unterminated"), "{err}");
-        let err = AgentArgs { config: Some("/nonexistent/cfg".into()), ..Default::default() }
-            .resolve()
+        let err = parse_config_text("debug: true\nbogus: 1\n", p)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("cannot read config file /nonexistent/cfg"), "{err}");
+        assert!(err.contains("unknown key 'bogus'"), "{err}");
+        let err = parse_config_text("debug true\n", p)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config file /etc/x.yaml, line 1: expected 'key: value'"
+        );
+        let err = parse_config_text("debug: 1\ndebug: 0\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("twice"), "{err}");
+        let err = parse_config_text("node-name: \"abc\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unterminated"), "{err}");
+        let err = AgentArgs {
+            config: Some("/nonexistent/cfg".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("cannot read config file /nonexistent/cfg"),
+            "{err}"
+        );
     }
 }

@@ -59,7 +59,10 @@ pub enum LabelError {
 }
 
 fn invalid(label: &str, reason: impl Into<String>) -> LabelError {
-    LabelError::Invalid { label: label.to_string(), reason: reason.into() }
+    LabelError::Invalid {
+        label: label.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl Label {
@@ -108,15 +111,25 @@ impl FromStr for Label {
             return Err(invalid(s, "empty key"));
         }
         if key.len() > MAX_PART_LEN || value.len() > MAX_PART_LEN {
-            return Err(invalid(s, format!("key and value are limited to {MAX_PART_LEN} bytes")));
+            return Err(invalid(
+                s,
+                format!("key and value are limited to {MAX_PART_LEN} bytes"),
+            ));
         }
         if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(s, "the key contains whitespace or a control character"));
+            return Err(invalid(
+                s,
+                "the key contains whitespace or a control character",
+            ));
         }
         if value.chars().any(char::is_control) {
             return Err(invalid(s, "the value contains a control character"));
         }
-        Ok(Label { source, key: key.to_string(), value: value.to_string() })
+        Ok(Label {
+            source,
+            key: key.to_string(),
+            value: value.to_string(),
+        })
     }
 }
 
@@ -132,7 +145,10 @@ impl fmt::Display for Label {
 
 /// Parses a list of concrete labels, sorted and without duplicates.
 pub fn parse_list(labels: &[String]) -> Result<Vec<Label>, LabelError> {
-    let mut out = labels.iter().map(|l| Label::parse_concrete(l)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = labels
+        .iter()
+        .map(|l| Label::parse_concrete(l))
+        .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     out.dedup();
     Ok(out)
@@ -149,18 +165,34 @@ mod tests {
         assert_eq!(l.key, "io.kubernetes.pod.namespace");
         assert_eq!(l.value, "default");
         assert_eq!(l.to_string(), "k8s:io.kubernetes.pod.namespace=default");
-        assert_eq!("id.foo".parse::<Label>().unwrap().to_string(), "unspec:id.foo");
-        assert_eq!("id=app1".parse::<Label>().unwrap().to_string(), "unspec:id=app1");
-        assert_eq!("container:url=http://x".parse::<Label>().unwrap().value, "http://x");
+        assert_eq!(
+            "id.foo".parse::<Label>().unwrap().to_string(),
+            "unspec:id.foo"
+        );
+        assert_eq!(
+            "id=app1".parse::<Label>().unwrap().to_string(),
+            "unspec:id=app1"
+        );
+        assert_eq!(
+            "container:url=http://x".parse::<Label>().unwrap().value,
+            "http://x"
+        );
         // A colon after the '=' belongs to the value.
-        assert_eq!("a=b:c".parse::<Label>().unwrap().to_string(), "unspec:a=b:c");
+        assert_eq!(
+            "a=b:c".parse::<Label>().unwrap().to_string(),
+            "unspec:a=b:c"
+        );
     }
 
     #[test]
     fn bad_labels_name_the_problem() {
         let err = "docker:a=b".parse::<Label>().unwrap_err().to_string();
         assert!(err.contains("unknown source 'docker'"), "{err}");
-        assert!("k8s:=x".parse::<Label>().unwrap_err().to_string().contains("empty key"));
+        assert!("k8s:=x"
+            .parse::<Label>()
+            .unwrap_err()
+            .to_string()
+            .contains("empty key"));
         assert!("k8s:a b=x".parse::<Label>().is_err());
         let err = Label::parse_concrete("any:id=x").unwrap_err().to_string();
         assert!(err.contains("only valid in selectors"), "{err}");

@@ -62,7 +62,13 @@ impl Node {
                 ipv4.ok_or(NodeError::NoNodeAddress { family: "ipv6" })?,
             )),
         };
-        Ok(Node { name, ipv4, ipv6, ipv4_range, ipv6_range })
+        Ok(Node {
+            name,
+            ipv4,
+            ipv6,
+            ipv4_range,
+            ipv6_range,
+        })
     }
 }
 
@@ -75,7 +81,16 @@ pub fn default_ipv4_range(node: Ipv4Addr) -> Cidr {
 /// `f00d::<node IPv4 in hex>:0:0/96`.
 pub fn default_ipv6_range(node: Ipv4Addr) -> Cidr {
     let v4 = u32::from(node);
-    let addr = Ipv6Addr::new(0xf00d, 0, 0, 0, (v4 >> 16) as u16, (v4 & 0xffff) as u16, 0, 0);
+    let addr = Ipv6Addr::new(
+        0xf00d,
+        0,
+        0,
+        0,
+        (v4 >> 16) as u16,
+        (v4 & 0xffff) as u16,
+        0,
+        0,
+    );
     Cidr::new_truncated(IpAddr::V6(addr), 96)
 }
 
@@ -115,7 +130,11 @@ impl fmt::Display for AddressingReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let or_none = |v: Option<String>| v.unwrap_or_else(|| "disabled".to_string());
         writeln!(f, "Local node-name: {}", self.node.name)?;
-        writeln!(f, "Node-IPv6: {}", or_none(self.ipv6_router.map(|ip| ip.to_string())))?;
+        writeln!(
+            f,
+            "Node-IPv6: {}",
+            or_none(self.ipv6_router.map(|ip| ip.to_string()))
+        )?;
         let external = self
             .node
             .ipv4
@@ -123,9 +142,21 @@ impl fmt::Display for AddressingReport<'_> {
             .or_else(|| self.node.ipv6.map(|ip| ip.to_string()))
             .unwrap_or_else(|| "unknown".to_string());
         writeln!(f, "External-Node IPv4: {external}")?;
-        writeln!(f, "Internal-Node IPv4: {}", or_none(self.ipv4_router.map(|ip| ip.to_string())))?;
-        writeln!(f, "IPv4 allocation prefix: {}", or_none(self.ipv4_alloc.map(|c| c.to_string())))?;
-        write!(f, "IPv6 allocation prefix: {}", or_none(self.ipv6_alloc.map(|c| c.to_string())))
+        writeln!(
+            f,
+            "Internal-Node IPv4: {}",
+            or_none(self.ipv4_router.map(|ip| ip.to_string()))
+        )?;
+        writeln!(
+            f,
+            "IPv4 allocation prefix: {}",
+            or_none(self.ipv4_alloc.map(|c| c.to_string()))
+        )?;
+        write!(
+            f,
+            "IPv6 allocation prefix: {}",
+            or_none(self.ipv6_alloc.map(|c| c.to_string()))
+        )
     }
 }
 

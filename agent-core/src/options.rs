@@ -44,7 +44,9 @@ pub struct OptionSet {
 impl OptionSet {
     /// Switches named `names`, all off.
     pub fn new(names: &[&'static str]) -> OptionSet {
-        OptionSet { values: names.iter().map(|n| (n.to_string(), false)).collect() }
+        OptionSet {
+            values: names.iter().map(|n| (n.to_string(), false)).collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> bool {
@@ -65,12 +67,18 @@ impl OptionSet {
     }
 
     /// Validates every change, then applies them all. Returns the changed (name, value) pairs.
-    pub fn apply(&mut self, changes: &ConfigurationMap) -> Result<Vec<(String, bool)>, OptionError> {
+    pub fn apply(
+        &mut self,
+        changes: &ConfigurationMap,
+    ) -> Result<Vec<(String, bool)>, OptionError> {
         let mut parsed = Vec::with_capacity(changes.len());
         for (name, value) in changes {
             let Some(known) = self.values.keys().find(|k| k.eq_ignore_ascii_case(name)) else {
                 let known = self.values.keys().cloned().collect::<Vec<_>>().join(", ");
-                return Err(OptionError::Unknown { name: name.clone(), known });
+                return Err(OptionError::Unknown {
+                    name: name.clone(),
+                    known,
+                });
             };
             let on = parse_switch(value).ok_or_else(|| OptionError::BadValue {
                 name: known.clone(),
@@ -90,7 +98,10 @@ impl OptionSet {
 
     /// The options as the API shows them.
     pub fn to_map(&self) -> ConfigurationMap {
-        self.values.iter().map(|(k, v)| (k.clone(), render(*v).to_string())).collect()
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), render(*v).to_string()))
+            .collect()
     }
 }
 
@@ -99,13 +110,19 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> ConfigurationMap {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn apply_is_case_insensitive_and_reports_changes() {
         let mut set = OptionSet::new(&["Debug"]);
-        assert_eq!(set.apply(&map(&[("debug", "true")])).unwrap(), vec![("Debug".into(), true)]);
+        assert_eq!(
+            set.apply(&map(&[("debug", "true")])).unwrap(),
+            vec![("Debug".into(), true)]
+        );
         assert!(set.get("Debug"));
         assert!(set.apply(&map(&[("DEBUG", "Enabled")])).unwrap().is_empty());
         assert_eq!(set.to_map(), map(&[("Debug", "Enabled")]));
@@ -115,9 +132,17 @@ mod tests {
     fn bad_changes_apply_nothing() {
         let mut set = OptionSet::new(&["Debug"]);
         let err = set.apply(&map(&[("Debug", "maybe")])).unwrap_err();
-        assert_eq!(err.to_string(), "invalid value 'maybe' for option Debug: expected true or false");
-        let err = set.apply(&map(&[("Debug", "true"), ("Turbo", "on")])).unwrap_err();
-        assert_eq!(err.to_string(), "unknown option 'Turbo' (mutable options: Debug)");
+        assert_eq!(
+            err.to_string(),
+            "invalid value 'maybe' for option Debug: expected true or false"
+        );
+        let err = set
+            .apply(&map(&[("Debug", "true"), ("Turbo", "on")]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown option 'Turbo' (mutable options: Debug)"
+        );
         assert!(!set.get("Debug"));
     }
 }

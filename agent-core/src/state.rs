@@ -35,11 +35,19 @@ pub enum StateError {
     )]
     Locked { dir: PathBuf, lock: PathBuf },
     #[error("state file {} is corrupt ({reason}); moved it to {}", path.display(), moved_to.display())]
-    Corrupt { path: PathBuf, moved_to: PathBuf, reason: String },
+    Corrupt {
+        path: PathBuf,
+        moved_to: PathBuf,
+        reason: String,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io { op, path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The locked state directory.
@@ -69,11 +77,17 @@ impl StateDir {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(StateError::Locked { dir: root.to_path_buf(), lock: lock_path })
+                return Err(StateError::Locked {
+                    dir: root.to_path_buf(),
+                    lock: lock_path,
+                })
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
-        let dir = StateDir { root: root.to_path_buf(), _lock: lock };
+        let dir = StateDir {
+            root: root.to_path_buf(),
+            _lock: lock,
+        };
         dir.remove_temp_files()?;
         Ok(dir)
     }
@@ -127,13 +141,24 @@ impl StateDir {
 
     /// Moves a file that cannot be used out of the way and returns the error describing it.
     pub fn move_aside(&self, path: &Path, reason: String) -> StateError {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stamp = timestamp::now_compact();
         let moved_to = path.with_file_name(format!("{name}.corrupt-{stamp}"));
         if let Err(source) = fs::rename(path, &moved_to) {
-            return StateError::Io { op: "move aside corrupt file", path: path.to_path_buf(), source };
+            return StateError::Io {
+                op: "move aside corrupt file",
+                path: path.to_path_buf(),
+                source,
+            };
         }
-        StateError::Corrupt { path: path.to_path_buf(), moved_to, reason }
+        StateError::Corrupt {
+            path: path.to_path_buf(),
+            moved_to,
+            reason,
+        }
     }
 
     /// Removes a file; a missing file is not an error.
@@ -178,7 +203,10 @@ impl StateDir {
 /// Writes a file so that a reader sees either the old or the new content, also after a
 /// crash: temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}{TMP_SUFFIX}"));
     let mut file = OpenOptions::new()
         .create(true)
@@ -192,7 +220,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     drop(file);
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync directory", dir))?;
     }
     Ok(())
 }
@@ -213,13 +243,25 @@ mod tests {
     fn write_read_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(tmp.path()).unwrap();
-        let value = Sample { a: 7, b: "x".into() };
+        let value = Sample {
+            a: 7,
+            b: "x".into(),
+        };
         dir.write_json(&dir.endpoint_path(7), &value).unwrap();
-        assert_eq!(dir.read_json::<Sample>(&dir.endpoint_path(7)).unwrap(), Some(value));
-        assert_eq!(dir.endpoint_files().unwrap(), vec![(7, dir.endpoint_path(7))]);
+        assert_eq!(
+            dir.read_json::<Sample>(&dir.endpoint_path(7)).unwrap(),
+            Some(value)
+        );
+        assert_eq!(
+            dir.endpoint_files().unwrap(),
+            vec![(7, dir.endpoint_path(7))]
+        );
         assert!(dir.read_json::<Sample>(&dir.ipam_path()).unwrap().is_none());
         let mode = fs::metadata(dir.endpoint_path(7)).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -228,7 +270,9 @@ mod tests {
         let dir = StateDir::open(tmp.path()).unwrap();
         fs::write(dir.ipam_path(), b"{\"a\": 1,").unwrap();
         let err = dir.read_json::<Sample>(&dir.ipam_path()).unwrap_err();
-        let StateError::Corrupt { moved_to, .. } = &err else { panic!("{err}") };
+        let StateError::Corrupt { moved_to, .. } = &err else {
+            panic!("{err}")
+        };
         assert!(moved_to.exists());
         assert!(!dir.ipam_path().exists());
         assert!(err.to_string().contains("is corrupt"), "{err}");

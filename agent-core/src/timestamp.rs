@@ -23,7 +23,10 @@ fn parts(secs: i64) -> (i64, u32, u32, i64, i64, i64) {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `2026-11-21T23:52:07Z` for a time in seconds since the epoch.

@@ -19,7 +19,10 @@ use nix::unistd::Pid;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -76,13 +79,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
 /// Runs a command and asserts it succeeded.
 pub fn run_ok(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}",
@@ -104,7 +112,12 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { args: Vec::new(), env: Vec::new(), netns: None, fixed_ranges: true }
+        AgentOptions {
+            args: Vec::new(),
+            env: Vec::new(),
+            netns: None,
+            fixed_ranges: true,
+        }
     }
 }
 
@@ -120,7 +133,10 @@ pub struct Agent {
 
 /// A test's private directory.
 pub fn test_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("cilium-it-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("cilium-it-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// The range flags every harness agent gets unless told otherwise.
@@ -148,7 +164,10 @@ impl Agent {
             }
             None => Command::new(bin("cilium-agent")),
         };
-        cmd.arg("--socket-path").arg(socket).arg("--state-dir").arg(state_dir);
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state_dir);
         if opts.fixed_ranges {
             cmd.args(["--ipv4-range", IPV4_RANGE, "--ipv6-range", IPV6_RANGE]);
             cmd.args(["--node-address", "192.0.2.23", "--node-name", "it-node"]);
@@ -183,7 +202,11 @@ impl Agent {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("cilium-agent exited early ({status}):\n{}", self.output());
             }
             if http(&self.socket, "GET", "/healthz", None).is_ok_and(|(s, _)| s == 200) {
@@ -191,7 +214,10 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("cilium-agent did not answer within 10 s:\n{}", self.output());
+        panic!(
+            "cilium-agent did not answer within 10 s:\n{}",
+            self.output()
+        );
     }
 
     /// What the agent printed so far.
@@ -219,7 +245,10 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("cilium-agent ignored {signal:?} for 10 s:\n{}", self.output());
+                panic!(
+                    "cilium-agent ignored {signal:?} for 10 s:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -277,7 +306,13 @@ pub struct CliOutput {
 impl CliOutput {
     /// Asserts success and returns stdout.
     pub fn ok(self) -> String {
-        assert_eq!(self.code, Some(0), "cilium failed:\n{}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "cilium failed:\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
         self.stdout
     }
 }
@@ -316,17 +351,29 @@ pub fn http(
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let bad = || std::io::Error::other(format!("malformed reply: {text}"));
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
     let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((status, body))
 }
 
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }

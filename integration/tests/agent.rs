@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 fn healthz(agent: &Agent) -> StatusResponse {
     let (status, body) = agent.http("GET", "/healthz", None);
     assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    serde_json::from_str(&body).expect("healthz reply")
 }
 
 /// Everything a client can observe of the agent's state.
@@ -26,7 +26,7 @@ fn snapshot(agent: &Agent) -> (Vec<String>, Vec<String>, String) {
 fn allocate(agent: &Agent, owner: &str) -> IpamResponse {
     let (status, body) = agent.http("POST", &format!("/ipam?owner={owner}"), None);
     assert_eq!(status, 201, "{body}");
-    serde_json::from_str(&body).unwrap()
+    serde_json::from_str(&body).expect("ipam reply")
 }
 
 #[test]
@@ -38,13 +38,22 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
 
     let out = agent.cli(&["status"]).ok();
     assert!(out.contains("Cilium:            Ok"), "{out}");
-    assert!(out.contains("Allocated IPv4 addresses:\n 10.23.0.1\n"), "{out}");
+    assert!(
+        out.contains("Allocated IPv4 addresses:\n 10.23.0.1\n"),
+        "{out}"
+    );
 
     // Allocate both families, then one family.
     let both = allocate(&agent, "cni-test");
     assert_eq!(both.endpoint.ipv4.unwrap().to_string(), "10.23.0.2");
-    assert_eq!(both.endpoint.ipv6.unwrap().to_string(), "f00d::c000:217:0:2");
-    assert_eq!(both.host_addressing.ipv4.ip.unwrap().to_string(), "10.23.0.1");
+    assert_eq!(
+        both.endpoint.ipv6.unwrap().to_string(),
+        "f00d::c000:217:0:2"
+    );
+    assert_eq!(
+        both.host_addressing.ipv4.ip.unwrap().to_string(),
+        "10.23.0.1"
+    );
     let (status, body) = agent.http("POST", "/ipam?family=ipv6&owner=cni-test", None);
     assert_eq!(status, 201, "{body}");
     let v6only: IpamResponse = serde_json::from_str(&body).unwrap();
@@ -52,9 +61,15 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
 
     // Reserve and release a given address.
     let (status, body) = agent.http("POST", "/ipam/10.23.0.50?owner=docker", None);
-    assert_eq!((status, body.as_str()), (200, r#"{"ip":"10.23.0.50","owner":"docker"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"ip":"10.23.0.50","owner":"docker"}"#)
+    );
     let (status, body) = agent.http("DELETE", "/ipam/10.23.0.50", None);
-    assert_eq!((status, body.as_str()), (200, r#"{"ip":"10.23.0.50","owner":"docker"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"ip":"10.23.0.50","owner":"docker"}"#)
+    );
     let (status, body) = agent.http("DELETE", "/ipam/10.23.0.50", None);
     assert_eq!(status, 404, "{body}");
 
@@ -72,15 +87,30 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
     let id = created.id.to_string();
 
     let table = agent.cli(&["endpoint", "list"]).ok();
-    let row = table.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{table}"));
-    assert!(row.contains("container:id=app1") && row.contains("10.23.0.2"), "{table}");
-    assert!(table.contains("k8s:io.kubernetes.pod.namespace=default"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("container:id=app1") && row.contains("10.23.0.2"),
+        "{table}"
+    );
+    assert!(
+        table.contains("k8s:io.kubernetes.pod.namespace=default"),
+        "{table}"
+    );
 
     let json = agent.cli(&["endpoint", "list", "-o", "json"]).ok();
     let listed: Vec<Endpoint> = serde_json::from_str(&json).unwrap();
     assert_eq!(listed, vec![created.clone()]);
-    for by in ["container-id:c0ffee", "container-name:web", id.as_str(), &format!("cilium-local:{id}")] {
-        let got: Endpoint = serde_json::from_str(&agent.cli(&["endpoint", "get", by]).ok()).unwrap();
+    for by in [
+        "container-id:c0ffee",
+        "container-name:web",
+        id.as_str(),
+        &format!("cilium-local:{id}"),
+    ] {
+        let got: Endpoint =
+            serde_json::from_str(&agent.cli(&["endpoint", "get", by]).ok()).unwrap();
         assert_eq!(got.id, created.id, "lookup by {by}");
     }
     // Label filter.
@@ -89,10 +119,15 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
     let (status, _) = agent.http("GET", "/endpoint?labels=container:id=app2", None);
     assert_eq!(status, 404);
 
-    let out = agent.cli(&["endpoint", "delete", "container-id:c0ffee"]).ok();
+    let out = agent
+        .cli(&["endpoint", "delete", "container-id:c0ffee"])
+        .ok();
     assert!(out.contains("deleted"), "{out}");
     let h = healthz(&agent);
-    assert!(!h.ipam.ipv4.contains(&"10.23.0.2".to_string()), "endpoint's address released");
+    assert!(
+        !h.ipam.ipv4.contains(&"10.23.0.2".to_string()),
+        "endpoint's address released"
+    );
     assert!(!h.ipam.ipv6.contains(&"f00d::c000:217:0:2".to_string()));
     let gone = agent.cli(&["endpoint", "get", &id]);
     assert_eq!(gone.code, Some(1));
@@ -104,7 +139,10 @@ fn restart_finds_allocations_and_endpoints_again() {
     let dir = test_dir();
     let mut agent = Agent::start(dir.path(), &AgentOptions::default());
     let pair = allocate(&agent, "before-restart");
-    let request = format!(r#"{{"addressing":{{"ipv4":"{}"}}}}"#, pair.endpoint.ipv4.unwrap());
+    let request = format!(
+        r#"{{"addressing":{{"ipv4":"{}"}}}}"#,
+        pair.endpoint.ipv4.unwrap()
+    );
     let (status, body) = agent.http("PUT", "/endpoint/container-id:persist", Some(&request));
     assert_eq!(status, 201, "{body}");
     agent.http("POST", "/ipam/10.23.1.1?owner=docker", None);
@@ -114,13 +152,21 @@ fn restart_finds_allocations_and_endpoints_again() {
     assert_eq!(agent.stop_with(Signal::SIGTERM), Some(0));
     assert!(!agent.socket.exists(), "socket removed on SIGTERM");
     let mut agent = Agent::start(dir.path(), &AgentOptions::default());
-    assert_eq!(snapshot(&agent), before, "same allocations and endpoints after SIGTERM");
+    assert_eq!(
+        snapshot(&agent),
+        before,
+        "same allocations and endpoints after SIGTERM"
+    );
 
     // Crash: the socket file stays behind and is replaced at the next start.
     agent.stop_with(Signal::SIGKILL);
     assert!(agent.socket.exists(), "a killed agent leaves its socket");
     let agent = Agent::start(dir.path(), &AgentOptions::default());
-    assert_eq!(snapshot(&agent), before, "same allocations and endpoints after SIGKILL");
+    assert_eq!(
+        snapshot(&agent),
+        before,
+        "same allocations and endpoints after SIGKILL"
+    );
 
     // Nothing in use is handed out again.
     let (used_v4, _, _) = before;
@@ -129,7 +175,8 @@ fn restart_finds_allocations_and_endpoints_again() {
         assert!(!used_v4.contains(&next), "{next} handed out twice");
     }
     let ep: Endpoint =
-        serde_json::from_str(&agent.cli(&["endpoint", "get", "container-id:persist"]).ok()).unwrap();
+        serde_json::from_str(&agent.cli(&["endpoint", "get", "container-id:persist"]).ok())
+            .unwrap();
     assert_eq!(ep.addressing.ipv4, pair.endpoint.ipv4);
 }
 
@@ -142,22 +189,106 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let before = snapshot(&agent);
 
     let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
-        ("PUT", "/endpoint/container-id:x", Some(r#"{"container-name": "#), 400, "invalid an endpoint change request"),
-        ("PUT", "/endpoint/container-id:x", Some(r#"{"bogus-field": 1}"#), 400, "unknown field `bogus-field`"),
-        ("PUT", "/endpoint/container-id:x", Some(r#"{"addressing":{"ipv4":"10.99.0.5"}}"#), 400, "outside the allocation range 10.23.0.0/16"),
-        ("PUT", "/endpoint/container-id:x", Some(r#"{"addressing":{"ipv4":"10.23.0.3"}}"#), 201, ""),
-        ("PUT", "/endpoint/container-id:y", Some(r#"{"addressing":{"ipv4":"10.23.0.3"}}"#), 409, "belongs to endpoint"),
-        ("PUT", "/endpoint/container-id:x", Some("{}"), 409, "already exists"),
-        ("POST", "/ipam/10.99.0.5?owner=a", None, 400, "outside the allocation range"),
-        ("POST", "/ipam/10.23.0.77?owner=a", None, 409, "already allocated (owner: docker)"),
-        ("POST", "/ipam/10.23.0.1?owner=a", None, 409, "owner: router"),
-        ("POST", "/ipam/banana?owner=a", None, 400, "invalid IP address 'banana'"),
-        ("POST", "/ipam?family=ipv5&owner=a", None, 400, "unknown address family 'ipv5'"),
+        (
+            "PUT",
+            "/endpoint/container-id:x",
+            Some(r#"{"container-name": "#),
+            400,
+            "invalid an endpoint change request",
+        ),
+        (
+            "PUT",
+            "/endpoint/container-id:x",
+            Some(r#"{"bogus-field": 1}"#),
+            400,
+            "unknown field `bogus-field`",
+        ),
+        (
+            "PUT",
+            "/endpoint/container-id:x",
+            Some(r#"{"addressing":{"ipv4":"10.99.0.5"}}"#),
+            400,
+            "outside the allocation range 10.23.0.0/16",
+        ),
+        (
+            "PUT",
+            "/endpoint/container-id:x",
+            Some(r#"{"addressing":{"ipv4":"10.23.0.3"}}"#),
+            201,
+            "",
+        ),
+        (
+            "PUT",
+            "/endpoint/container-id:y",
+            Some(r#"{"addressing":{"ipv4":"10.23.0.3"}}"#),
+            409,
+            "belongs to endpoint",
+        ),
+        (
+            "PUT",
+            "/endpoint/container-id:x",
+            Some("{}"),
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/ipam/10.99.0.5?owner=a",
+            None,
+            400,
+            "outside the allocation range",
+        ),
+        (
+            "POST",
+            "/ipam/10.23.0.77?owner=a",
+            None,
+            409,
+            "already allocated (owner: docker)",
+        ),
+        (
+            "POST",
+            "/ipam/10.23.0.1?owner=a",
+            None,
+            409,
+            "owner: router",
+        ),
+        (
+            "POST",
+            "/ipam/banana?owner=a",
+            None,
+            400,
+            "invalid IP address 'banana'",
+        ),
+        (
+            "POST",
+            "/ipam?family=ipv5&owner=a",
+            None,
+            400,
+            "unknown address family 'ipv5'",
+        ),
         ("POST", "/ipam", None, 400, "missing owner"),
-        ("DELETE", "/ipam/10.23.0.3", None, 409, "belongs to endpoint"),
-        ("GET", "/endpoint/container-idd:x", None, 400, "unknown endpoint id prefix"),
+        (
+            "DELETE",
+            "/ipam/10.23.0.3",
+            None,
+            409,
+            "belongs to endpoint",
+        ),
+        (
+            "GET",
+            "/endpoint/container-idd:x",
+            None,
+            400,
+            "unknown endpoint id prefix",
+        ),
         ("GET", "/endpoint/0", None, 400, "between 1 and 65535"),
-        ("PATCH", "/config", Some(r#"{"Turbo": "on"}"#), 400, "unknown option 'Turbo'"),
+        (
+            "PATCH",
+            "/config",
+            Some(r#"{"Turbo": "on"}"#),
+            400,
+            "unknown option 'Turbo'",
+        ),
         ("GET", "/nothing-here", None, 404, "no such API path"),
         ("DELETE", "/healthz", None, 405, "not allowed"),
     ];
@@ -166,7 +297,10 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
         assert_eq!(status, *want, "{method} {path}: {reply}");
         if !message.is_empty() {
             let error = error_message(&reply);
-            assert!(error.contains(message), "{method} {path}: '{error}' lacks '{message}'");
+            assert!(
+                error.contains(message),
+                "{method} {path}: '{error}' lacks '{message}'"
+            );
         }
     }
     // Only the one successful create changed anything: undo it and compare.
@@ -182,7 +316,11 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
 fn exhausted_pool_answers_502() {
     let dir = test_dir();
     let opts = AgentOptions {
-        args: vec!["--ipv4-range".into(), "10.24.0.0/29".into(), "--disable-ipv6".into()],
+        args: vec![
+            "--ipv4-range".into(),
+            "10.24.0.0/29".into(),
+            "--disable-ipv6".into(),
+        ],
         fixed_ranges: false,
         ..Default::default()
     };
@@ -192,7 +330,10 @@ fn exhausted_pool_answers_502() {
     }
     let (status, body) = agent.http("POST", "/ipam?owner=late", None);
     assert_eq!(status, 502, "{body}");
-    assert_eq!(error_message(&body), "no free ipv4 address left in 10.24.0.0/29");
+    assert_eq!(
+        error_message(&body),
+        "no free ipv4 address left in 10.24.0.0/29"
+    );
     let (status, body) = agent.http("POST", "/ipam?family=ipv6&owner=late", None);
     assert_eq!(status, 501, "{body}");
 }
@@ -204,21 +345,40 @@ fn second_agent_refuses_to_start() {
 
     // Same socket, another state directory.
     let other_state = dir.path().join("state-2");
-    let mut second = Agent::spawn_at(dir.path(), &first.socket, &other_state, &AgentOptions::default());
+    let mut second = Agent::spawn_at(
+        dir.path(),
+        &first.socket,
+        &other_state,
+        &AgentOptions::default(),
+    );
     assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(1));
     let err = fs::read_to_string(&second.stderr).unwrap();
-    assert!(err.contains("another cilium-agent is already serving"), "{err}");
+    assert!(
+        err.contains("another cilium-agent is already serving"),
+        "{err}"
+    );
 
     // Same state directory, another socket.
     let other_socket = dir.path().join("other.sock");
-    let mut third = Agent::spawn_at(dir.path(), &other_socket, &first.state_dir, &AgentOptions::default());
+    let mut third = Agent::spawn_at(
+        dir.path(),
+        &other_socket,
+        &first.state_dir,
+        &AgentOptions::default(),
+    );
     assert_eq!(third.wait_exit(Duration::from_secs(10)), Some(1));
     let err = fs::read_to_string(&third.stderr).unwrap();
     assert!(err.contains("is in use by another cilium-agent"), "{err}");
-    assert!(!other_socket.exists(), "the refused agent removed the socket it bound");
+    assert!(
+        !other_socket.exists(),
+        "the refused agent removed the socket it bound"
+    );
 
     // The first agent is untouched.
-    assert_eq!(healthz(&first).cilium.state, cilium_api::models::StatusState::Ok);
+    assert_eq!(
+        healthz(&first).cilium.state,
+        cilium_api::models::StatusState::Ok
+    );
 }
 
 #[test]
@@ -226,13 +386,22 @@ fn cli_without_an_agent_says_so() {
     let dir = test_dir();
     let missing = dir.path().join("absent.sock");
     let host = format!("unix://{}", missing.display());
-    for args in [vec!["status"], vec!["endpoint", "list"], vec!["config"], vec!["version"]] {
+    for args in [
+        vec!["status"],
+        vec!["endpoint", "list"],
+        vec!["config"],
+        vec!["version"],
+    ] {
         let mut full = vec!["-H", host.as_str()];
         full.extend(args.iter());
         let out = integration::cli(&full);
         assert_eq!(out.code, Some(1), "{args:?}");
         let expected = format!("cannot reach the agent at {}: ", missing.display());
-        assert!(out.stderr.starts_with(&expected), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with(&expected),
+            "{args:?}: {}",
+            out.stderr
+        );
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
 }
@@ -244,7 +413,12 @@ fn env_config_file_and_flag_precedence() {
     fs::write(&file, "# test\nipv4-range: 10.31.0.0/16\nipv6-range: \"f00d::1f:0:0/96\"\ndebug: true\nnode-name: from-file\n")
         .unwrap();
     let opts = AgentOptions {
-        args: vec!["--config".into(), file.display().to_string(), "--node-name".into(), "from-flag".into()],
+        args: vec![
+            "--config".into(),
+            file.display().to_string(),
+            "--node-name".into(),
+            "from-flag".into(),
+        ],
         env: vec![
             ("CILIUM_IPV4_RANGE".into(), "10.32.0.0/16".into()),
             ("CILIUM_NODE_ADDRESS".into(), "192.0.2.32".into()),
@@ -256,8 +430,16 @@ fn env_config_file_and_flag_precedence() {
     let config: DaemonConfigurationResponse =
         serde_json::from_str(&agent.cli(&["config", "-o", "json"]).ok()).unwrap();
     assert_eq!(config.node_name, "from-flag", "flag beats file");
-    assert_eq!(config.addressing.ipv4.alloc_range.as_deref(), Some("10.32.0.0/16"), "env beats file");
-    assert_eq!(config.addressing.ipv6.alloc_range.as_deref(), Some("f00d::1f:0:0/112"), "file beats default");
+    assert_eq!(
+        config.addressing.ipv4.alloc_range.as_deref(),
+        Some("10.32.0.0/16"),
+        "env beats file"
+    );
+    assert_eq!(
+        config.addressing.ipv6.alloc_range.as_deref(),
+        Some("f00d::1f:0:0/112"),
+        "file beats default"
+    );
     assert_eq!(config.configuration.mutable["Debug"], "Enabled");
 
     // Debug can be switched off live.
@@ -272,7 +454,10 @@ fn bad_flags_and_config_fail_with_a_clear_message() {
         (&["--ipv4-range", "10.2.0.1/16"], "host bits set"),
         (&["--ipv4-range", "10.2.0.0/31"], "too small"),
         (&["--disable-ipv4", "--disable-ipv6"], "no address family"),
-        (&["--config", "/nonexistent/agent.yaml"], "cannot read config file /nonexistent/agent.yaml"),
+        (
+            &["--config", "/nonexistent/agent.yaml"],
+            "cannot read config file /nonexistent/agent.yaml",
+        ),
     ];
     for (args, message) in cases {
         let opts = AgentOptions {
@@ -298,7 +483,10 @@ fn corrupt_state_is_moved_aside_and_reported() {
     fs::write(agent.state_dir.join("ipam.json"), "{ this is not json").unwrap();
     let agent = Agent::start(dir.path(), &AgentOptions::default());
     let status = agent.cli(&["status"]).ok();
-    assert!(status.contains("Cilium:            Warning") && status.contains("is corrupt"), "{status}");
+    assert!(
+        status.contains("Cilium:            Warning") && status.contains("is corrupt"),
+        "{status}"
+    );
     let moved: Vec<String> = fs::read_dir(&agent.state_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -314,11 +502,17 @@ fn default_ranges_come_from_the_node_address() {
     }
     // A node namespace whose first global IPv4 address is 192.0.2.77.
     let ns = Netns::new("ciltn");
-    ns.exec_ok(&["ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1"]);
+    ns.exec_ok(&[
+        "ip", "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+    ]);
     ns.exec_ok(&["ip", "addr", "add", "192.0.2.77/24", "dev", "node0"]);
     ns.exec_ok(&["ip", "link", "set", "node0", "up"]);
     let dir = test_dir();
-    let opts = AgentOptions { netns: Some(ns.name.clone()), fixed_ranges: false, ..Default::default() };
+    let opts = AgentOptions {
+        netns: Some(ns.name.clone()),
+        fixed_ranges: false,
+        ..Default::default()
+    };
     let agent = Agent::start(dir.path(), &opts);
     let printed = fs::read_to_string(&agent.stdout).unwrap();
     let lines: BTreeSet<&str> = printed.lines().collect();
@@ -336,10 +530,17 @@ fn default_ranges_come_from_the_node_address() {
 
     // Without any global address and without ranges the agent says what to pass.
     let bare = Netns::new("ciltb");
-    let opts = AgentOptions { netns: Some(bare.name.clone()), fixed_ranges: false, ..Default::default() };
+    let opts = AgentOptions {
+        netns: Some(bare.name.clone()),
+        fixed_ranges: false,
+        ..Default::default()
+    };
     let dir2 = test_dir();
     let mut refused = Agent::spawn(dir2.path(), &opts);
     assert_eq!(refused.wait_exit(Duration::from_secs(10)), Some(1));
     let err = fs::read_to_string(&refused.stderr).unwrap();
-    assert!(err.contains("no global IPv4 address") && err.contains("--ipv4-range"), "{err}");
+    assert!(
+        err.contains("no global IPv4 address") && err.contains("--ipv4-range"),
+        "{err}"
+    );
 }

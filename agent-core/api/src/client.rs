@@ -15,8 +15,8 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::models::{
-    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest,
-    ErrorResponse, Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier, PartialDelete,
+    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, ErrorResponse,
+    Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier, PartialDelete,
     StatusResponse,
 };
 use crate::{path, EndpointId, API_BASE};
@@ -78,7 +78,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client { socket: socket.into(), conn: Mutex::new(None) }
+        Client {
+            socket: socket.into(),
+            conn: Mutex::new(None),
+        }
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -86,8 +89,13 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let connect_err = |source| ClientError::Connect { path: self.socket.clone(), source };
-        let stream = UnixStream::connect(&self.socket).await.map_err(connect_err)?;
+        let connect_err = |source| ClientError::Connect {
+            path: self.socket.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(connect_err)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_err(std::io::Error::other(e)))?;
@@ -116,7 +124,10 @@ impl Client {
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Api { status: 0, message: format!("bad request: {e}") })?;
+            .map_err(|e| ClientError::Api {
+                status: 0,
+                message: format!("bad request: {e}"),
+            })?;
 
         let mut guard = self.conn.lock().await;
         let mut sender = match guard.take() {
@@ -126,13 +137,26 @@ impl Client {
             },
             None => self.connect().await?,
         };
-        let http_err = |source| ClientError::Http { method: method.clone(), path: uri.clone(), source };
+        let http_err = |source| ClientError::Http {
+            method: method.clone(),
+            path: uri.clone(),
+            source,
+        };
         let response = sender.send_request(request).await.map_err(http_err)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.map_err(http_err)?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_err)?
+            .to_bytes();
         *guard = Some(sender);
-        Ok(Reply { status, headers, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     async fn call<T: DeserializeOwned>(
@@ -167,7 +191,10 @@ impl Client {
         &self,
         options: &ConfigurationMap,
     ) -> Result<DaemonConfigurationResponse, ClientError> {
-        Ok(self.call(Method::PATCH, "/config", Some(json(options))).await?.1)
+        Ok(self
+            .call(Method::PATCH, "/config", Some(json(options)))
+            .await?
+            .1)
     }
 
     /// `POST /ipam`: allocates the next free address of `family`, or of every enabled family
@@ -185,8 +212,16 @@ impl Client {
     }
 
     /// `POST /ipam/{ip}`: reserves a given address.
-    pub async fn ipam_reserve(&self, ip: IpAddr, owner: &str) -> Result<IpamAllocation, ClientError> {
-        let query = format!("/ipam/{}?owner={}", path::encode(&ip.to_string()), path::encode(owner));
+    pub async fn ipam_reserve(
+        &self,
+        ip: IpAddr,
+        owner: &str,
+    ) -> Result<IpamAllocation, ClientError> {
+        let query = format!(
+            "/ipam/{}?owner={}",
+            path::encode(&ip.to_string()),
+            path::encode(owner)
+        );
         Ok(self.call(Method::POST, &query, None).await?.1)
     }
 
@@ -208,7 +243,10 @@ impl Client {
 
     /// `GET /endpoint/{id}`.
     pub async fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, ClientError> {
-        Ok(self.call(Method::GET, &endpoint_path(id, ""), None).await?.1)
+        Ok(self
+            .call(Method::GET, &endpoint_path(id, ""), None)
+            .await?
+            .1)
     }
 
     /// `PUT /endpoint/{id}`: creates an endpoint; returns it as the agent recorded it.
@@ -217,7 +255,10 @@ impl Client {
         id: &EndpointId,
         request: &EndpointChangeRequest,
     ) -> Result<Endpoint, ClientError> {
-        Ok(self.call(Method::PUT, &endpoint_path(id, ""), Some(json(request))).await?.1)
+        Ok(self
+            .call(Method::PUT, &endpoint_path(id, ""), Some(json(request)))
+            .await?
+            .1)
     }
 
     /// `PATCH /endpoint/{id}`: applies the fields present in `request`.
@@ -226,7 +267,10 @@ impl Client {
         id: &EndpointId,
         request: &EndpointChangeRequest,
     ) -> Result<Endpoint, ClientError> {
-        Ok(self.call(Method::PATCH, &endpoint_path(id, ""), Some(json(request))).await?.1)
+        Ok(self
+            .call(Method::PATCH, &endpoint_path(id, ""), Some(json(request)))
+            .await?
+            .1)
     }
 
     /// `DELETE /endpoint/{id}`. `Ok(None)` on a clean delete, `Ok(Some(..))` when the endpoint
@@ -235,19 +279,32 @@ impl Client {
         &self,
         id: &EndpointId,
     ) -> Result<Option<PartialDelete>, ClientError> {
-        let reply = self.send(Method::DELETE, &endpoint_path(id, ""), None).await?;
+        let reply = self
+            .send(Method::DELETE, &endpoint_path(id, ""), None)
+            .await?;
         match reply.status {
             StatusCode::OK => Ok(None),
-            StatusCode::PARTIAL_CONTENT => serde_json::from_slice(&reply.body)
-                .map(Some)
-                .map_err(|source| ClientError::Decode { what: "DELETE /endpoint".into(), source }),
+            StatusCode::PARTIAL_CONTENT => {
+                serde_json::from_slice(&reply.body)
+                    .map(Some)
+                    .map_err(|source| ClientError::Decode {
+                        what: "DELETE /endpoint".into(),
+                        source,
+                    })
+            }
             status => Err(api_error(status, &reply.body)),
         }
     }
 
     /// `GET /endpoint/{id}/labels`.
-    pub async fn endpoint_labels(&self, id: &EndpointId) -> Result<LabelConfiguration, ClientError> {
-        Ok(self.call(Method::GET, &endpoint_path(id, "/labels"), None).await?.1)
+    pub async fn endpoint_labels(
+        &self,
+        id: &EndpointId,
+    ) -> Result<LabelConfiguration, ClientError> {
+        Ok(self
+            .call(Method::GET, &endpoint_path(id, "/labels"), None)
+            .await?
+            .1)
     }
 
     /// `PUT /endpoint/{id}/labels`.
@@ -262,7 +319,10 @@ impl Client {
 
     /// `GET /endpoint/{id}/config`.
     pub async fn endpoint_config(&self, id: &EndpointId) -> Result<ConfigurationMap, ClientError> {
-        Ok(self.call(Method::GET, &endpoint_path(id, "/config"), None).await?.1)
+        Ok(self
+            .call(Method::GET, &endpoint_path(id, "/config"), None)
+            .await?
+            .1)
     }
 
     /// `PATCH /endpoint/{id}/config`.
@@ -272,7 +332,10 @@ impl Client {
         options: &ConfigurationMap,
     ) -> Result<ConfigurationMap, ClientError> {
         let path = endpoint_path(id, "/config");
-        Ok(self.call(Method::PATCH, &path, Some(json(options))).await?.1)
+        Ok(self
+            .call(Method::PATCH, &path, Some(json(options)))
+            .await?
+            .1)
     }
 }
 
@@ -297,5 +360,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
                 text
             }
         });
-    ClientError::Api { status: status.as_u16(), message }
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+    }
 }

@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn bare_number_is_local() {
-        assert_eq!("42".parse::<EndpointId>().unwrap(), EndpointId::CiliumLocal(42));
+        assert_eq!(
+            "42".parse::<EndpointId>().unwrap(),
+            EndpointId::CiliumLocal(42)
+        );
         assert_eq!(
             "cilium-local:65535".parse::<EndpointId>().unwrap(),
             EndpointId::CiliumLocal(65535)
@@ -129,7 +132,14 @@ mod tests {
 
     #[test]
     fn local_ids_out_of_range() {
-        for bad in ["0", "65536", "-1", "abc", "cilium-local:0", "cilium-local:x"] {
+        for bad in [
+            "0",
+            "65536",
+            "-1",
+            "abc",
+            "cilium-local:0",
+            "cilium-local:x",
+        ] {
             let err = bad.parse::<EndpointId>().unwrap_err();
             assert!(matches!(err, EndpointIdError::BadNumber(_)), "{bad}: {err}");
         }
@@ -138,11 +148,26 @@ mod tests {
     #[test]
     fn every_prefix() {
         let cases = [
-            ("container-id:abc123", EndpointId::ContainerId("abc123".into())),
-            ("docker-endpoint:e1", EndpointId::DockerEndpoint("e1".into())),
-            ("docker-net-endpoint:e1", EndpointId::DockerEndpoint("e1".into())),
-            ("container-name:web", EndpointId::ContainerName("web".into())),
-            ("pod-name:default:foobar", EndpointId::PodName("default:foobar".into())),
+            (
+                "container-id:abc123",
+                EndpointId::ContainerId("abc123".into()),
+            ),
+            (
+                "docker-endpoint:e1",
+                EndpointId::DockerEndpoint("e1".into()),
+            ),
+            (
+                "docker-net-endpoint:e1",
+                EndpointId::DockerEndpoint("e1".into()),
+            ),
+            (
+                "container-name:web",
+                EndpointId::ContainerName("web".into()),
+            ),
+            (
+                "pod-name:default:foobar",
+                EndpointId::PodName("default:foobar".into()),
+            ),
         ];
         for (s, want) in cases {
             assert_eq!(s.parse::<EndpointId>().unwrap(), want, "{s}");
@@ -151,26 +176,43 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["cilium-local:7", "container-id:abc", "pod-name:ns:p", "container-name:x"] {
+        for s in [
+            "cilium-local:7",
+            "container-id:abc",
+            "pod-name:ns:p",
+            "container-name:x",
+        ] {
             assert_eq!(s.parse::<EndpointId>().unwrap().to_string(), s);
         }
         assert_eq!(
-            "docker-net-endpoint:e".parse::<EndpointId>().unwrap().to_string(),
+            "docker-net-endpoint:e"
+                .parse::<EndpointId>()
+                .unwrap()
+                .to_string(),
             "docker-endpoint:e"
         );
     }
 
     #[test]
     fn bad_ids_name_the_problem() {
-        assert_eq!("".parse::<EndpointId>().unwrap_err(), EndpointIdError::Empty);
+        assert_eq!(
+            "".parse::<EndpointId>().unwrap_err(),
+            EndpointIdError::Empty
+        );
         let err = "foo:bar".parse::<EndpointId>().unwrap_err();
-        assert!(err.to_string().contains("unknown endpoint id prefix 'foo'"), "{err}");
+        assert!(
+            err.to_string().contains("unknown endpoint id prefix 'foo'"),
+            "{err}"
+        );
         let err = "container-id:".parse::<EndpointId>().unwrap_err();
         assert!(matches!(err, EndpointIdError::EmptyValue(_)));
         let err = "cilium-global:c:n:1".parse::<EndpointId>().unwrap_err();
         assert!(matches!(err, EndpointIdError::Unsupported(_)));
         let long = format!("container-id:{}", "a".repeat(300));
-        assert_eq!(long.parse::<EndpointId>().unwrap_err(), EndpointIdError::TooLong);
+        assert_eq!(
+            long.parse::<EndpointId>().unwrap_err(),
+            EndpointIdError::TooLong
+        );
         let ctl = "container-id:a\nb".parse::<EndpointId>().unwrap_err();
         assert_eq!(ctl, EndpointIdError::ControlCharacter);
     }

@@ -44,7 +44,10 @@ pub struct Status {
 
 impl Status {
     pub fn new(state: StatusState, msg: impl Into<String>) -> Self {
-        Status { state, msg: msg.into() }
+        Status {
+            state,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -174,7 +177,9 @@ impl FromStr for Family {
         match s {
             "ipv4" | "4" => Ok(Family::Ipv4),
             "ipv6" | "6" => Ok(Family::Ipv6),
-            other => Err(format!("unknown address family '{other}' (expected ipv4 or ipv6)")),
+            other => Err(format!(
+                "unknown address family '{other}' (expected ipv4 or ipv6)"
+            )),
         }
     }
 }
@@ -359,9 +364,10 @@ mod tests {
 
     #[test]
     fn endpoint_change_request_rejects_unknown_fields() {
-        let err = serde_json::from_str::<EndpointChangeRequest>(r#"{"container-id":"a","bogus":1}"#)
-            .unwrap_err()
-            .to_string();
+        let err =
+            serde_json::from_str::<EndpointChangeRequest>(r#"{"container-id":"a","bogus":1}"#)
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("unknown field `bogus`"), "{err}");
     }
 

@@ -36,7 +36,10 @@ struct Failure {
 
 impl Failure {
     fn new(status: u16, message: impl Into<String>) -> Self {
-        Failure { status, message: message.into() }
+        Failure {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -91,16 +94,20 @@ fn json_reply<T: Serialize>(status: u16, value: &T) -> Reply {
 
 fn build(status: u16, body: Vec<u8>) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 fn error_reply(status: u16, message: &str) -> Reply {
-    let body = serde_json::to_vec(&ErrorResponse { error: message.to_string() })
-        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    let body = serde_json::to_vec(&ErrorResponse {
+        error: message.to_string(),
+    })
+    .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
     build(status, body)
 }
 
@@ -122,7 +129,10 @@ where
             let allowed: Vec<&str> = route.spec().methods.iter().map(Method::as_str).collect();
             let mut reply = error_reply(
                 405,
-                &format!("method {method} is not allowed on {path} (allowed: {})", allowed.join(", ")),
+                &format!(
+                    "method {method} is not allowed on {path} (allowed: {})",
+                    allowed.join(", ")
+                ),
             );
             if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
                 reply.headers_mut().insert(header::ALLOW, value);
@@ -155,16 +165,25 @@ where
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Failure::new(400, format!("cannot read the request body: {e}"))),
+        Err(e) => Err(Failure::new(
+            400,
+            format!("cannot read the request body: {e}"),
+        )),
     }
 }
 
 fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Failure::new(400, format!("request body is empty: expected {what} as JSON")));
+        return Err(Failure::new(
+            400,
+            format!("request body is empty: expected {what} as JSON"),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| Failure::new(400, format!("invalid {what}: {e}")))
 }
@@ -176,22 +195,34 @@ fn query_params(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String
     let mut out = BTreeMap::new();
     for (key, value) in pairs {
         if !allowed.contains(&key.as_str()) {
-            let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-            return Err(Failure::new(400, format!("unknown query parameter '{key}' (accepted: {known})")));
+            let known = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(Failure::new(
+                400,
+                format!("unknown query parameter '{key}' (accepted: {known})"),
+            ));
         }
         if out.insert(key.clone(), value).is_some() {
-            return Err(Failure::new(400, format!("query parameter '{key}' given twice")));
+            return Err(Failure::new(
+                400,
+                format!("query parameter '{key}' given twice"),
+            ));
         }
     }
     Ok(out)
 }
 
 fn endpoint_id(raw: &str) -> Result<EndpointId, Failure> {
-    raw.parse::<EndpointId>().map_err(|e| Failure::new(400, e.to_string()))
+    raw.parse::<EndpointId>()
+        .map_err(|e| Failure::new(400, e.to_string()))
 }
 
 fn ip_param(raw: &str) -> Result<IpAddr, Failure> {
-    raw.parse::<IpAddr>().map_err(|_| Failure::new(400, format!("invalid IP address '{raw}'")))
+    raw.parse::<IpAddr>()
+        .map_err(|_| Failure::new(400, format!("invalid IP address '{raw}'")))
 }
 
 fn dispatch(
@@ -250,7 +281,10 @@ fn dispatch(
                 .unwrap_or_default();
             let list = agent.endpoint_list(&filter);
             if list.is_empty() && !filter.is_empty() {
-                return Err(Failure::new(404, "no endpoint carries all of the given labels"));
+                return Err(Failure::new(
+                    404,
+                    "no endpoint carries all of the given labels",
+                ));
             }
             Ok(json_reply(200, &list))
         }
@@ -295,7 +329,10 @@ fn dispatch(
             no_query(query)?;
             let id = endpoint_id(&id)?;
             let changes: ConfigurationMap = json_body(body, "an option map")?;
-            Ok(json_reply(200, &agent.endpoint_config_patch(&id, &changes)?))
+            Ok(json_reply(
+                200,
+                &agent.endpoint_config_patch(&id, &changes)?,
+            ))
         }
         (Route::EndpointLabels(id), Method::GET) => {
             no_query(query)?;
@@ -305,11 +342,17 @@ fn dispatch(
             no_query(query)?;
             let id = endpoint_id(&id)?;
             let modifier: LabelsModifier = json_body(body, "a label modifier")?;
-            Ok(json_reply(200, &agent.endpoint_labels_modify(&id, &modifier)?))
+            Ok(json_reply(
+                200,
+                &agent.endpoint_labels_modify(&id, &modifier)?,
+            ))
         }
         (route, method) => Err(Failure::new(
             405,
-            format!("method {method} is not allowed on {}", route.spec().template),
+            format!(
+                "method {method} is not allowed on {}",
+                route.spec().template
+            ),
         )),
     }
 }

@@ -74,7 +74,11 @@ impl Drop for ApiSocket {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
-    move |source| SocketError::Io { op, path: path.to_path_buf(), source }
+    move |source| SocketError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl ApiSocket {
@@ -82,7 +86,10 @@ impl ApiSocket {
     pub fn bind(path: &Path) -> Result<ApiSocket, SocketError> {
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
-            return Err(SocketError::TooLong { path: path.to_path_buf(), len });
+            return Err(SocketError::TooLong {
+                path: path.to_path_buf(),
+                len,
+            });
         }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -107,7 +114,10 @@ impl ApiSocket {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(SocketError::AgentRunning { path: path.to_path_buf(), lock: lock_path })
+                return Err(SocketError::AgentRunning {
+                    path: path.to_path_buf(),
+                    lock: lock_path,
+                })
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
@@ -115,11 +125,17 @@ impl ApiSocket {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(SocketError::InUse { path: path.to_path_buf() });
+                    return Err(SocketError::InUse {
+                        path: path.to_path_buf(),
+                    });
                 }
                 tracing::info!(path = %path.display(), "replacing stale socket");
             }
-            Ok(_) => return Err(SocketError::NotASocket { path: path.to_path_buf() }),
+            Ok(_) => {
+                return Err(SocketError::NotASocket {
+                    path: path.to_path_buf(),
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspect", path)(e)),
         }
@@ -127,9 +143,16 @@ impl ApiSocket {
         // Bind under a temporary name, set the mode, then rename over the final path: the
         // socket never exists at its final path with another mode, and a stale file is
         // replaced atomically.
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{}", std::process::id()));
-        let staging = if tmp.as_os_str().len() <= MAX_SOCKET_PATH { tmp } else { path.to_path_buf() };
+        let staging = if tmp.as_os_str().len() <= MAX_SOCKET_PATH {
+            tmp
+        } else {
+            path.to_path_buf()
+        };
         let _ = fs::remove_file(&staging);
         let std_listener =
             std::os::unix::net::UnixListener::bind(&staging).map_err(io_err("bind", &staging))?;
@@ -146,9 +169,15 @@ impl ApiSocket {
             let _ = fs::remove_file(&staging);
             return Err(e);
         }
-        std_listener.set_nonblocking(true).map_err(io_err("configure", path))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(io_err("configure", path))?;
         let listener = UnixListener::from_std(std_listener).map_err(io_err("register", path))?;
-        Ok(ApiSocket { listener, path: path.to_path_buf(), _lock: lock })
+        Ok(ApiSocket {
+            listener,
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     pub fn path(&self) -> &Path {

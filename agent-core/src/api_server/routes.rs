@@ -14,17 +14,38 @@ pub struct RouteSpec {
 
 /// Every path the agent serves.
 pub const ROUTES: &[RouteSpec] = &[
-    RouteSpec { template: "/healthz", methods: &[Method::GET] },
-    RouteSpec { template: "/config", methods: &[Method::GET, Method::PATCH] },
-    RouteSpec { template: "/ipam", methods: &[Method::POST] },
-    RouteSpec { template: "/ipam/{ip}", methods: &[Method::POST, Method::DELETE] },
-    RouteSpec { template: "/endpoint", methods: &[Method::GET] },
+    RouteSpec {
+        template: "/healthz",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/config",
+        methods: &[Method::GET, Method::PATCH],
+    },
+    RouteSpec {
+        template: "/ipam",
+        methods: &[Method::POST],
+    },
+    RouteSpec {
+        template: "/ipam/{ip}",
+        methods: &[Method::POST, Method::DELETE],
+    },
+    RouteSpec {
+        template: "/endpoint",
+        methods: &[Method::GET],
+    },
     RouteSpec {
         template: "/endpoint/{id}",
         methods: &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
     },
-    RouteSpec { template: "/endpoint/{id}/config", methods: &[Method::GET, Method::PATCH] },
-    RouteSpec { template: "/endpoint/{id}/labels", methods: &[Method::GET, Method::PUT] },
+    RouteSpec {
+        template: "/endpoint/{id}/config",
+        methods: &[Method::GET, Method::PATCH],
+    },
+    RouteSpec {
+        template: "/endpoint/{id}/labels",
+        methods: &[Method::GET, Method::PUT],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -52,7 +73,9 @@ pub enum RouteError {
 impl Route {
     /// Resolves a full request path (with the `/v1` prefix).
     pub fn parse(path: &str) -> Result<Route, RouteError> {
-        let rest = path.strip_prefix(cilium_api::API_BASE).ok_or(RouteError::NotFound)?;
+        let rest = path
+            .strip_prefix(cilium_api::API_BASE)
+            .ok_or(RouteError::NotFound)?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let segments: Vec<&str> = rest.split('/').skip(1).collect();
         if rest.is_empty() || !rest.starts_with('/') || segments.iter().any(|s| s.is_empty()) {
@@ -95,7 +118,12 @@ mod tests {
     #[test]
     fn every_template_resolves_to_itself() {
         for spec in ROUTES {
-            let path = format!("/v1{}", spec.template.replace("{ip}", "10.0.0.1").replace("{id}", "7"));
+            let path = format!(
+                "/v1{}",
+                spec.template
+                    .replace("{ip}", "10.0.0.1")
+                    .replace("{id}", "7")
+            );
             let route = Route::parse(&path).unwrap();
             assert_eq!(route.spec().template, spec.template, "{path}");
         }
@@ -107,15 +135,30 @@ mod tests {
             Route::parse("/v1/endpoint/pod-name:default%2Fweb/labels").unwrap(),
             Route::EndpointLabels("pod-name:default/web".into())
         );
-        assert_eq!(Route::parse("/v1/ipam/f00d::5").unwrap(), Route::IpamIp("f00d::5".into()));
+        assert_eq!(
+            Route::parse("/v1/ipam/f00d::5").unwrap(),
+            Route::IpamIp("f00d::5".into())
+        );
         assert_eq!(Route::parse("/v1/endpoint/").unwrap(), Route::Endpoints);
-        assert_eq!(Route::parse("/v1/endpoint/%zz"), Err(RouteError::BadEncoding));
+        assert_eq!(
+            Route::parse("/v1/endpoint/%zz"),
+            Err(RouteError::BadEncoding)
+        );
     }
 
     #[test]
     fn unknown_paths() {
-        for p in ["/", "/v1", "/v1/", "/v2/healthz", "/v1/healthzz", "/v1/endpoint//config",
-                  "/v1/endpoint/1/bogus", "/v1/ipam/1/2", "/healthz"] {
+        for p in [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v2/healthz",
+            "/v1/healthzz",
+            "/v1/endpoint//config",
+            "/v1/endpoint/1/bogus",
+            "/v1/ipam/1/2",
+            "/healthz",
+        ] {
             assert_eq!(Route::parse(p), Err(RouteError::NotFound), "{p}");
         }
     }

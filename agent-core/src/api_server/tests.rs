@@ -31,7 +31,12 @@ impl TestServer {
         let task = tokio::spawn(api.serve(agent, async {
             let _ = stopped.await;
         }));
-        TestServer { _dir: dir, socket, stop: Some(stop), task: Some(task) }
+        TestServer {
+            _dir: dir,
+            socket,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     fn client(&self) -> Client {
@@ -47,12 +52,20 @@ impl TestServer {
 }
 
 async fn raw(client: &Client, method: Method, path: &str, body: Option<&str>) -> (u16, String) {
-    let reply = client.send(method, path, body.map(|b| b.as_bytes().to_vec())).await.unwrap();
-    (reply.status.as_u16(), String::from_utf8(reply.body.to_vec()).unwrap())
+    let reply = client
+        .send(method, path, body.map(|b| b.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    (
+        reply.status.as_u16(),
+        String::from_utf8(reply.body.to_vec()).unwrap(),
+    )
 }
 
 fn error_of(body: &str) -> String {
-    serde_json::from_str::<ErrorResponse>(body).unwrap_or_else(|_| panic!("not an error: {body}")).error
+    serde_json::from_str::<ErrorResponse>(body)
+        .unwrap_or_else(|_| panic!("not an error: {body}"))
+        .error
 }
 
 #[tokio::test]
@@ -63,7 +76,11 @@ async fn socket_mode_stale_replacement_and_second_agent() {
     // A second agent on the same live socket refuses.
     let err = ApiSocket::bind(&server.socket).unwrap_err();
     assert!(matches!(err, SocketError::AgentRunning { .. }), "{err}");
-    assert!(err.to_string().contains("another cilium-agent is already serving"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another cilium-agent is already serving"),
+        "{err}"
+    );
     let socket = server.socket.clone();
     let _dir = server.stop().await;
     assert!(!socket.exists(), "socket removed on shutdown");
@@ -72,7 +89,10 @@ async fn socket_mode_stale_replacement_and_second_agent() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
     let api = ApiSocket::bind(&socket).unwrap();
-    assert_eq!(fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
     drop(api);
 
     // A regular file is never replaced.
@@ -96,11 +116,26 @@ async fn request_validation() {
     let server = TestServer::start().await;
     let c = server.client();
 
-    let (status, body) = raw(&c, Method::PUT, "/endpoint/container-id:a", Some("{\"container-id\": ")).await;
+    let (status, body) = raw(
+        &c,
+        Method::PUT,
+        "/endpoint/container-id:a",
+        Some("{\"container-id\": "),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).starts_with("invalid an endpoint change request: EOF"), "{body}");
+    assert!(
+        error_of(&body).starts_with("invalid an endpoint change request: EOF"),
+        "{body}"
+    );
 
-    let (status, body) = raw(&c, Method::PUT, "/endpoint/container-id:a", Some(r#"{"bogus": 1}"#)).await;
+    let (status, body) = raw(
+        &c,
+        Method::PUT,
+        "/endpoint/container-id:a",
+        Some(r#"{"bogus": 1}"#),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(error_of(&body).contains("unknown field `bogus`"), "{body}");
 
@@ -108,12 +143,18 @@ async fn request_validation() {
     assert_eq!(status, 400);
     assert!(error_of(&body).contains("request body is empty"), "{body}");
 
-    let huge = format!("{{\"container-name\": \"{}\"}}", "x".repeat(cilium_api::MAX_BODY_BYTES));
+    let huge = format!(
+        "{{\"container-name\": \"{}\"}}",
+        "x".repeat(cilium_api::MAX_BODY_BYTES)
+    );
     let (status, body) = raw(&c, Method::PUT, "/endpoint/container-id:a", Some(&huge)).await;
     assert_eq!(status, 413, "{body}");
 
     let (status, body) = raw(&c, Method::GET, "/nope", None).await;
-    assert_eq!((status, error_of(&body)), (404, "no such API path: /v1/nope".to_string()));
+    assert_eq!(
+        (status, error_of(&body)),
+        (404, "no such API path: /v1/nope".to_string())
+    );
 
     let reply = c.send(Method::DELETE, "/healthz", None).await.unwrap();
     assert_eq!(reply.status.as_u16(), 405);
@@ -121,15 +162,24 @@ async fn request_validation() {
 
     let (status, body) = raw(&c, Method::POST, "/ipam?owner=x&colour=red", None).await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("unknown query parameter 'colour'"), "{body}");
+    assert!(
+        error_of(&body).contains("unknown query parameter 'colour'"),
+        "{body}"
+    );
 
     let (status, body) = raw(&c, Method::GET, "/endpoint/foo:bar", None).await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("unknown endpoint id prefix 'foo'"), "{body}");
+    assert!(
+        error_of(&body).contains("unknown endpoint id prefix 'foo'"),
+        "{body}"
+    );
 
     let (status, body) = raw(&c, Method::POST, "/ipam/10.99.0.1?owner=x", None).await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("outside the allocation range 10.66.0.0/16"), "{body}");
+    assert!(
+        error_of(&body).contains("outside the allocation range 10.66.0.0/16"),
+        "{body}"
+    );
 
     let (status, _) = raw(&c, Method::POST, "/ipam/not-an-ip?owner=x", None).await;
     assert_eq!(status, 400);
@@ -144,9 +194,15 @@ async fn request_validation() {
 async fn status_codes_of_ipam_and_endpoints() {
     let server = TestServer::start().await;
     let c = server.client();
-    let pair = c.ipam_allocate(Some(cilium_api::models::Family::Ipv4), "test").await.unwrap();
+    let pair = c
+        .ipam_allocate(Some(cilium_api::models::Family::Ipv4), "test")
+        .await
+        .unwrap();
     let ip = pair.endpoint.ipv4.unwrap();
-    assert_eq!(pair.host_addressing.ipv4.ip.unwrap().to_string(), "10.66.0.1");
+    assert_eq!(
+        pair.host_addressing.ipv4.ip.unwrap().to_string(),
+        "10.66.0.1"
+    );
     let err = c.ipam_reserve(ip, "again").await.unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
     assert_eq!(c.ipam_release(ip).await.unwrap().owner, "test");
@@ -155,9 +211,24 @@ async fn status_codes_of_ipam_and_endpoints() {
     let id: cilium_api::EndpointId = "container-id:abc".parse().unwrap();
     let created = c.endpoint_create(&id, &Default::default()).await.unwrap();
     assert_eq!(created.id, 1);
-    assert_eq!(c.endpoint_create(&id, &Default::default()).await.unwrap_err().status(), Some(409));
-    let modifier = cilium_api::models::LabelsModifier { add: vec![], delete: vec!["k8s:x".into()] };
-    assert_eq!(c.endpoint_labels_modify(&id, &modifier).await.unwrap_err().status(), Some(460));
+    assert_eq!(
+        c.endpoint_create(&id, &Default::default())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(409)
+    );
+    let modifier = cilium_api::models::LabelsModifier {
+        add: vec![],
+        delete: vec!["k8s:x".into()],
+    };
+    assert_eq!(
+        c.endpoint_labels_modify(&id, &modifier)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(460)
+    );
     let (status, _) = raw(&c, Method::GET, "/endpoint?labels=k8s:nothing", None).await;
     assert_eq!(status, 404);
     assert!(c.endpoint_delete(&id).await.unwrap().is_none());
@@ -171,7 +242,9 @@ fn documented_operations() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
-            if ["get", "put", "post", "patch", "delete", "head", "options"].contains(&method.as_str()) {
+            if ["get", "put", "post", "patch", "delete", "head", "options"]
+                .contains(&method.as_str())
+            {
                 out.insert((path.clone(), method.to_uppercase()));
             }
         }
@@ -180,30 +253,52 @@ fn documented_operations() -> BTreeSet<(String, String)> {
 }
 
 fn concrete(template: &str) -> String {
-    template.replace("{ip}", "10.66.0.200").replace("{id}", "cilium-local:4242")
+    template
+        .replace("{ip}", "10.66.0.200")
+        .replace("{id}", "cilium-local:4242")
 }
 
 #[tokio::test]
 async fn openapi_document_matches_the_server() {
     let served: BTreeSet<(String, String)> = ROUTES
         .iter()
-        .flat_map(|r| r.methods.iter().map(move |m| (r.template.to_string(), m.to_string())))
+        .flat_map(|r| {
+            r.methods
+                .iter()
+                .map(move |m| (r.template.to_string(), m.to_string()))
+        })
         .collect();
-    assert_eq!(documented_operations(), served, "openapi.json and the route table differ");
+    assert_eq!(
+        documented_operations(),
+        served,
+        "openapi.json and the route table differ"
+    );
 
     let server = TestServer::start().await;
     let c = server.client();
-    let all = [Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE];
+    let all = [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+    ];
     for spec in ROUTES {
         let path = concrete(spec.template);
         for method in &all {
-            let reply = c.send(method.clone(), &path, Some(b"{}".to_vec())).await.unwrap();
+            let reply = c
+                .send(method.clone(), &path, Some(b"{}".to_vec()))
+                .await
+                .unwrap();
             let status = reply.status.as_u16();
             if spec.methods.contains(method) {
                 assert_ne!(status, 405, "{method} {path} is documented but refused");
                 let is_route_404 = status == 404
                     && String::from_utf8_lossy(&reply.body).contains("no such API path");
-                assert!(!is_route_404, "{method} {path} is documented but not routed");
+                assert!(
+                    !is_route_404,
+                    "{method} {path} is documented but not routed"
+                );
             } else {
                 assert_eq!(status, 405, "{method} {path} is served but not documented");
             }

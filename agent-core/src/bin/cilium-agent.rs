@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = |debug| if debug { LevelFilter::DEBUG } else { LevelFilter::INFO };
+    let level = |debug| {
+        if debug {
+            LevelFilter::DEBUG
+        } else {
+            LevelFilter::INFO
+        }
+    };
     let (filter, handle) = reload::Layer::new(level(config.debug));
     tracing_subscriber::registry()
         .with(filter)

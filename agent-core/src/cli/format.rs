@@ -9,7 +9,12 @@ use cilium_api::models::{
 };
 
 fn status_line(out: &mut String, name: &str, status: &Status) {
-    let line = format!("{:<19}{:<10}{}", format!("{name}:"), status.state, status.msg);
+    let line = format!(
+        "{:<19}{:<10}{}",
+        format!("{name}:"),
+        status.state,
+        status.msg
+    );
     let _ = writeln!(out, "{}", line.trim_end());
 }
 
@@ -37,20 +42,52 @@ pub fn status(s: &StatusResponse) -> String {
 pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
     let mut sorted: Vec<&Endpoint> = endpoints.iter().collect();
     sorted.sort_by_key(|e| e.id);
-    let headers = ["ENDPOINT", "POLICY", "IDENTITY", "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"];
+    let headers = [
+        "ENDPOINT",
+        "POLICY",
+        "IDENTITY",
+        "LABELS (source:key[=value])",
+        "IPv6",
+        "IPv4",
+        "STATUS",
+    ];
     let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
     let rows: Vec<([String; 7], Vec<String>)> = sorted
         .iter()
         .map(|e| {
             let mut labels = e.labels.clone();
-            let first = if labels.is_empty() { "no labels".to_string() } else { labels.remove(0) };
+            let first = if labels.is_empty() {
+                "no labels".to_string()
+            } else {
+                labels.remove(0)
+            };
             let cells = [
                 e.id.to_string(),
-                if e.policy_enabled { "Enabled" } else { "Disabled" }.to_string(),
-                dash(e.identity.as_ref().map(|i| i.id.to_string()).unwrap_or_default()),
+                if e.policy_enabled {
+                    "Enabled"
+                } else {
+                    "Disabled"
+                }
+                .to_string(),
+                dash(
+                    e.identity
+                        .as_ref()
+                        .map(|i| i.id.to_string())
+                        .unwrap_or_default(),
+                ),
                 first,
-                dash(e.addressing.ipv6.map(|ip| ip.to_string()).unwrap_or_default()),
-                dash(e.addressing.ipv4.map(|ip| ip.to_string()).unwrap_or_default()),
+                dash(
+                    e.addressing
+                        .ipv6
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                ),
+                dash(
+                    e.addressing
+                        .ipv4
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                ),
                 e.state.to_string(),
             ];
             (cells, labels)
@@ -92,7 +129,9 @@ pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
 /// Option maps: `Name   Value` lines.
 pub fn options(map: &ConfigurationMap) -> String {
     let width = map.keys().map(String::len).max().unwrap_or(0).max(18);
-    map.iter().map(|(k, v)| format!("{k:<width$}   {v}\n")).collect()
+    map.iter()
+        .map(|(k, v)| format!("{k:<width$}   {v}\n"))
+        .collect()
 }
 
 fn addressing_line(family: &str, a: &NodeAddressingElement) -> String {
@@ -124,7 +163,13 @@ pub fn configuration(c: &DaemonConfigurationResponse) -> String {
 
 /// `cilium endpoint labels`.
 pub fn labels(l: &LabelConfiguration) -> String {
-    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(" ") };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
     format!(
         "Orchestration labels:   {}\nCustom labels:          {}\nDisabled labels:        {}\n",
         list(&l.orchestration_system),
@@ -158,7 +203,10 @@ mod tests {
                 ipv4: Some("10.15.191.0".parse().unwrap()),
                 ipv6: Some("f00d::a00:20f:0:d25".parse().unwrap()),
             },
-            identity: Some(Identity { id: 256, labels: vec![] }),
+            identity: Some(Identity {
+                id: 256,
+                labels: vec![],
+            }),
             policy_enabled: false,
             policy_revision: 0,
             options: Default::default(),
@@ -168,20 +216,34 @@ mod tests {
     #[test]
     fn endpoint_table_matches_the_seed_layout() {
         let eps = [
-            endpoint(42910, &["k8s:id=app1", "k8s:io.kubernetes.pod.namespace=default"]),
+            endpoint(
+                42910,
+                &["k8s:id=app1", "k8s:io.kubernetes.pod.namespace=default"],
+            ),
             endpoint(3365, &["k8s:id=app1"]),
         ];
         let out = endpoint_table(&eps);
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("ENDPOINT   POLICY        IDENTITY   LABELS (source:key[=value])"), "{out}");
+        assert!(
+            lines[0].starts_with("ENDPOINT   POLICY        IDENTITY   LABELS (source:key[=value])"),
+            "{out}"
+        );
         assert!(lines[0].ends_with("IPv4          STATUS"), "{out}");
         assert_eq!(lines[1].trim(), "ENFORCEMENT");
         assert!(lines[2].starts_with("3365 "), "sorted by id: {out}");
-        assert!(lines[2].contains("Disabled") && lines[2].contains("256") && lines[2].ends_with("ready"));
+        assert!(
+            lines[2].contains("Disabled")
+                && lines[2].contains("256")
+                && lines[2].ends_with("ready")
+        );
         assert!(lines[3].starts_with("42910"));
         assert_eq!(lines[4].trim(), "k8s:io.kubernetes.pod.namespace=default");
         let label_col = lines[0].find("LABELS").unwrap();
-        assert_eq!(lines[4].find("k8s:").unwrap(), label_col, "continuation under LABELS");
+        assert_eq!(
+            lines[4].find("k8s:").unwrap(),
+            label_col,
+            "continuation under LABELS"
+        );
     }
 
     #[test]
@@ -192,8 +254,23 @@ mod tests {
         e.state = EndpointState::WaitingForIdentity;
         let out = endpoint_table(&[e]);
         let row = out.lines().nth(2).unwrap();
-        let cells: Vec<&str> = row.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect();
-        assert_eq!(cells, vec!["7", "Disabled", "-", "no labels", "-", "10.15.191.0", "waiting-for-identity"]);
+        let cells: Vec<&str> = row
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            cells,
+            vec![
+                "7",
+                "Disabled",
+                "-",
+                "no labels",
+                "-",
+                "10.15.191.0",
+                "waiting-for-identity"
+            ]
+        );
     }
 
     #[test]
@@ -203,7 +280,10 @@ mod tests {
             kvstore: Status::new(StatusState::Disabled, ""),
             container_runtime: Status::new(StatusState::Disabled, ""),
             kubernetes: Status::new(StatusState::Disabled, ""),
-            ipam: IpamStatus { ipv4: vec!["10.2.0.1".into()], ipv6: vec![] },
+            ipam: IpamStatus {
+                ipv4: vec!["10.2.0.1".into()],
+                ipv6: vec![],
+            },
             version: "0.1.0".into(),
         };
         assert_eq!(

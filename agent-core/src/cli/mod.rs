@@ -23,7 +23,13 @@ pub enum Output {
 #[command(name = "cilium", version, about = "CLI for the Cilium agent")]
 pub struct Cli {
     /// Agent API socket: unix:///path/to/cilium.sock or a path
-    #[arg(short = 'H', long, global = true, env = "CILIUM_SOCK", value_name = "URL")]
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "CILIUM_SOCK",
+        value_name = "URL"
+    )]
     pub host: Option<String>,
     /// Output format
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
@@ -207,7 +213,10 @@ async fn run_endpoint(
                     Ok(None) => println!("Endpoint {raw} deleted"),
                     Ok(Some(partial)) => {
                         failed = true;
-                        eprintln!("Endpoint {raw} deleted with {} errors: {}", partial.errors, partial.error);
+                        eprintln!(
+                            "Endpoint {raw} deleted with {} errors: {}",
+                            partial.errors, partial.error
+                        );
                     }
                     // The agent being gone ends the whole command.
                     Err(CliError::Client(e @ ClientError::Connect { .. })) => return Err(e.into()),
@@ -217,14 +226,20 @@ async fn run_endpoint(
                     }
                 }
             }
-            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         EndpointCommand::Labels { id, add, delete } => {
             let id = endpoint_id(&id)?;
             let labels = if add.is_empty() && delete.is_empty() {
                 client.endpoint_labels(&id).await?
             } else {
-                client.endpoint_labels_modify(&id, &LabelsModifier { add, delete }).await?
+                client
+                    .endpoint_labels_modify(&id, &LabelsModifier { add, delete })
+                    .await?
             };
             show(output, &labels, format::labels);
         }
@@ -233,7 +248,9 @@ async fn run_endpoint(
             let options = if changes.is_empty() {
                 client.endpoint_config(&id).await?
             } else {
-                client.endpoint_config_patch(&id, &parse_changes(&changes)?).await?
+                client
+                    .endpoint_config_patch(&id, &parse_changes(&changes)?)
+                    .await?
             };
             show(output, &options, format::options);
         }
@@ -244,7 +261,10 @@ async fn run_endpoint(
 /// Entry point of the `cilium` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
@@ -280,10 +300,22 @@ mod tests {
 
     #[test]
     fn host_forms() {
-        assert_eq!(socket_path(None).unwrap(), PathBuf::from("/var/run/cilium/cilium.sock"));
-        assert_eq!(socket_path(Some("unix:///tmp/a.sock")).unwrap(), PathBuf::from("/tmp/a.sock"));
-        assert_eq!(socket_path(Some("/tmp/b.sock")).unwrap(), PathBuf::from("/tmp/b.sock"));
-        assert!(socket_path(Some("tcp://1.2.3.4:80")).unwrap_err().to_string().contains("unix://"));
+        assert_eq!(
+            socket_path(None).unwrap(),
+            PathBuf::from("/var/run/cilium/cilium.sock")
+        );
+        assert_eq!(
+            socket_path(Some("unix:///tmp/a.sock")).unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert_eq!(
+            socket_path(Some("/tmp/b.sock")).unwrap(),
+            PathBuf::from("/tmp/b.sock")
+        );
+        assert!(socket_path(Some("tcp://1.2.3.4:80"))
+            .unwrap_err()
+            .to_string()
+            .contains("unix://"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use cilium_api::endpoint_id::validate_name;
 use cilium_api::models::{
     ConfigurationMap, DaemonConfiguration, DaemonConfigurationResponse, Endpoint,
-    EndpointChangeRequest, EndpointState, Family, IpamAllocation, IpamResponse,
-    LabelConfiguration, LabelsModifier, Status, StatusResponse, StatusState,
+    EndpointChangeRequest, EndpointState, Family, IpamAllocation, IpamResponse, LabelConfiguration,
+    LabelsModifier, Status, StatusResponse, StatusState,
 };
 use cilium_api::EndpointId;
 
@@ -92,7 +92,9 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,7 +145,12 @@ impl Agent {
 
     /// The node addressing lines printed at start.
     pub fn addressing_report(&self) -> String {
-        let pool = |f| self.ipam.pool(f).ok().map(|p| (p.router(), p.alloc_range()));
+        let pool = |f| {
+            self.ipam
+                .pool(f)
+                .ok()
+                .map(|p| (p.router(), p.alloc_range()))
+        };
         let v4 = pool(Family::Ipv4);
         let v6 = pool(Family::Ipv6);
         AddressingReport {
@@ -181,14 +188,23 @@ impl Agent {
         let immutable: ConfigurationMap = [
             ("socket-path", c.socket_path.display().to_string()),
             ("state-dir", c.state_dir.display().to_string()),
-            ("ipv4-range", show(self.node.ipv4_range.map(|r| r.to_string()))),
-            ("ipv6-range", show(self.node.ipv6_range.map(|r| r.to_string()))),
+            (
+                "ipv4-range",
+                show(self.node.ipv4_range.map(|r| r.to_string())),
+            ),
+            (
+                "ipv6-range",
+                show(self.node.ipv6_range.map(|r| r.to_string())),
+            ),
             ("disable-ipv4", (!c.enable_ipv4).to_string()),
             ("disable-ipv6", (!c.enable_ipv6).to_string()),
             ("node-address", show(c.node_address.map(|a| a.to_string()))),
             ("node-name", self.node.name.clone()),
             ("restore", c.restore.to_string()),
-            ("config", show(c.config_file.as_ref().map(|p| p.display().to_string()))),
+            (
+                "config",
+                show(c.config_file.as_ref().map(|p| p.display().to_string())),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -196,7 +212,10 @@ impl Agent {
         DaemonConfigurationResponse {
             node_name: self.node.name.clone(),
             addressing: self.ipam.node_addressing(),
-            configuration: DaemonConfiguration { mutable: lock(&self.options).to_map(), immutable },
+            configuration: DaemonConfiguration {
+                mutable: lock(&self.options).to_map(),
+                immutable,
+            },
         }
     }
 
@@ -218,7 +237,9 @@ impl Agent {
     // ---- IPAM ----
 
     fn persist_ipam(&self, inner: &Inner) -> Result<(), StateError> {
-        inner.state.write_json(&inner.state.ipam_path(), &self.ipam.to_state())
+        inner
+            .state
+            .write_json(&inner.state.ipam_path(), &self.ipam.to_state())
     }
 
     /// `POST /ipam`.
@@ -235,7 +256,10 @@ impl Agent {
             return Err(e.into());
         }
         tracing::debug!(?pair, owner, "allocated");
-        Ok(IpamResponse { endpoint: pair, host_addressing: self.ipam.node_addressing() })
+        Ok(IpamResponse {
+            endpoint: pair,
+            host_addressing: self.ipam.node_addressing(),
+        })
     }
 
     /// `POST /ipam/{ip}`.
@@ -248,7 +272,10 @@ impl Agent {
             let _ = self.ipam.release(ip);
             return Err(e.into());
         }
-        Ok(IpamAllocation { ip, owner: owner.to_string() })
+        Ok(IpamAllocation {
+            ip,
+            owner: owner.to_string(),
+        })
     }
 
     /// `DELETE /ipam/{ip}`. Addresses of live endpoints are released by deleting the endpoint.
@@ -274,14 +301,23 @@ impl Agent {
     /// `GET /endpoint`, with an optional label filter.
     pub fn endpoint_list(&self, filter: &[Label]) -> Vec<Endpoint> {
         let inner = lock(&self.inner);
-        inner.endpoints.iter().filter(|r| r.matches_labels(filter)).map(|r| r.to_api()).collect()
+        inner
+            .endpoints
+            .iter()
+            .filter(|r| r.matches_labels(filter))
+            .map(|r| r.to_api())
+            .collect()
     }
 
     /// `GET /endpoint/{id}`.
     pub fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, AgentError> {
         let inner = lock(&self.inner);
         let n = inner.endpoints.lookup(id)?;
-        Ok(inner.endpoints.get(n).map(EndpointRecord::to_api).ok_or_else(|| not_found(id))?)
+        Ok(inner
+            .endpoints
+            .get(n)
+            .map(EndpointRecord::to_api)
+            .ok_or_else(|| not_found(id))?)
     }
 
     /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM.
@@ -332,7 +368,11 @@ impl Agent {
     }
 
     /// Makes every address of `record` owned by it in IPAM. All or nothing.
-    fn claim_addresses(&self, inner: &Inner, record: &EndpointRecord) -> Result<Vec<Claim>, AgentError> {
+    fn claim_addresses(
+        &self,
+        inner: &Inner,
+        record: &EndpointRecord,
+    ) -> Result<Vec<Claim>, AgentError> {
         let tag = record.owner_tag();
         let mut claims: Vec<Claim> = Vec::new();
         for ip in record.addresses() {
@@ -358,16 +398,24 @@ impl Agent {
         match self.ipam.owner(&ip) {
             None => {
                 self.ipam.reserve(ip, tag)?;
-                Ok(Claim { ip, previous_owner: None })
+                Ok(Claim {
+                    ip,
+                    previous_owner: None,
+                })
             }
-            Some(owner) if owner == ROUTER_OWNER => Err(IpamError::AlreadyAllocated { ip, owner }.into()),
+            Some(owner) if owner == ROUTER_OWNER => {
+                Err(IpamError::AlreadyAllocated { ip, owner }.into())
+            }
             Some(owner) => match owner_endpoint(&owner) {
                 Some(endpoint) if inner.endpoints.contains(endpoint) => {
                     Err(AgentError::AddressInUse { ip, endpoint })
                 }
                 _ => {
                     self.ipam.set_owner(&ip, tag)?;
-                    Ok(Claim { ip, previous_owner: Some(owner) })
+                    Ok(Claim {
+                        ip,
+                        previous_owner: Some(owner),
+                    })
                 }
             },
         }
@@ -393,7 +441,9 @@ impl Agent {
         let n = inner.endpoints.lookup(id)?;
         let current = inner.endpoints.get(n).ok_or_else(|| not_found(id))?;
         if req.id.is_some_and(|x| x != n) {
-            return Err(AgentError::Invalid("the endpoint id cannot be changed".into()));
+            return Err(AgentError::Invalid(
+                "the endpoint id cannot be changed".into(),
+            ));
         }
         if let Some(cid) = &req.container_id {
             if !current.container_id.is_empty() && *cid != current.container_id {
@@ -403,7 +453,11 @@ impl Agent {
                 )));
             }
         }
-        if req.addressing.as_ref().is_some_and(|a| *a != current.addressing) {
+        if req
+            .addressing
+            .as_ref()
+            .is_some_and(|a| *a != current.addressing)
+        {
             return Err(AgentError::Invalid(
                 "the addressing of an endpoint cannot be changed; delete and re-create it".into(),
             ));
@@ -418,8 +472,14 @@ impl Agent {
     }
 
     /// Writes a changed endpoint, then replaces it in memory.
-    fn save_endpoint(&self, inner: &mut Inner, record: EndpointRecord) -> Result<Endpoint, AgentError> {
-        inner.state.write_json(&inner.state.endpoint_path(record.id), &record)?;
+    fn save_endpoint(
+        &self,
+        inner: &mut Inner,
+        record: EndpointRecord,
+    ) -> Result<Endpoint, AgentError> {
+        inner
+            .state
+            .write_json(&inner.state.endpoint_path(record.id), &record)?;
         let api = record.to_api();
         if record.options.get("Debug") {
             tracing::info!(endpoint = record.id, state = %record.state, "endpoint updated");
@@ -452,14 +512,22 @@ impl Agent {
             errors.push(e.to_string());
         }
         tracing::info!(endpoint = n, errors = errors.len(), "endpoint deleted");
-        Ok(DeleteOutcome { endpoint: record.to_api(), errors })
+        Ok(DeleteOutcome {
+            endpoint: record.to_api(),
+            errors,
+        })
     }
 
     /// `GET /endpoint/{id}/labels`.
     pub fn endpoint_labels(&self, id: &EndpointId) -> Result<LabelConfiguration, AgentError> {
         let inner = lock(&self.inner);
         let n = inner.endpoints.lookup(id)?;
-        Ok(inner.endpoints.get(n).ok_or_else(|| not_found(id))?.labels.clone())
+        Ok(inner
+            .endpoints
+            .get(n)
+            .ok_or_else(|| not_found(id))?
+            .labels
+            .clone())
     }
 
     /// `PUT /endpoint/{id}/labels`.
@@ -483,7 +551,12 @@ impl Agent {
     pub fn endpoint_config(&self, id: &EndpointId) -> Result<ConfigurationMap, AgentError> {
         let inner = lock(&self.inner);
         let n = inner.endpoints.lookup(id)?;
-        Ok(inner.endpoints.get(n).ok_or_else(|| not_found(id))?.options.to_map())
+        Ok(inner
+            .endpoints
+            .get(n)
+            .ok_or_else(|| not_found(id))?
+            .options
+            .to_map())
     }
 
     /// `PATCH /endpoint/{id}/config`.
@@ -496,7 +569,10 @@ impl Agent {
         let n = inner.endpoints.lookup(id)?;
         let mut updated = inner.endpoints.get(n).ok_or_else(|| not_found(id))?.clone();
         for (name, on) in updated.options.apply(changes)? {
-            let message = format!("option {name} {}", crate::options::render(on).to_lowercase());
+            let message = format!(
+                "option {name} {}",
+                crate::options::render(on).to_lowercase()
+            );
             updated.log(cilium_api::models::StatusCode::Ok, &message);
         }
         let options = updated.options.to_map();
@@ -519,7 +595,9 @@ fn not_found(id: &EndpointId) -> EndpointError {
 /// Owners named by API callers must not impersonate the agent's own tags.
 fn check_owner(owner: &str) -> Result<(), AgentError> {
     if owner.is_empty() {
-        return Err(AgentError::Invalid("missing owner: say who the address is for (?owner=...)".into()));
+        return Err(AgentError::Invalid(
+            "missing owner: say who the address is for (?owner=...)".into(),
+        ));
     }
     validate_name(owner).map_err(|e| AgentError::Invalid(format!("invalid owner: {e}")))?;
     if owner == ROUTER_OWNER || owner_endpoint(owner).is_some() || owner.starts_with("endpoint:") {

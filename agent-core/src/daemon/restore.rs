@@ -28,10 +28,13 @@ pub(super) fn restore(
 
     match state.read_json::<IpamState>(&state.ipam_path()) {
         Ok(Some(saved)) if saved.version == STATE_VERSION => ipam.restore(&saved)?,
-        Ok(Some(saved)) => keep_warning(&mut warnings, state.move_aside(
-            &state.ipam_path(),
-            format!("unsupported state version {}", saved.version),
-        ))?,
+        Ok(Some(saved)) => keep_warning(
+            &mut warnings,
+            state.move_aside(
+                &state.ipam_path(),
+                format!("unsupported state version {}", saved.version),
+            ),
+        )?,
         Ok(None) => {}
         Err(e) => keep_warning(&mut warnings, e)?,
     }
@@ -58,7 +61,9 @@ pub(super) fn restore(
         for ip in record.addresses().collect::<Vec<_>>() {
             let problem = match ipam.owner(&ip) {
                 Some(owner) if owner == tag => None,
-                Some(owner) if owner == ROUTER_OWNER => Some("it is the router address".to_string()),
+                Some(owner) if owner == ROUTER_OWNER => {
+                    Some("it is the router address".to_string())
+                }
                 Some(owner) => match owner_endpoint(&owner) {
                     Some(other) if present.contains(&other) => {
                         Some(format!("endpoint {other} holds it too"))

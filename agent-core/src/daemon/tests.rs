@@ -1,7 +1,9 @@
 use std::fs;
 use std::path::Path;
 
-use cilium_api::models::{AddressPair, EndpointChangeRequest, EndpointState, Family, LabelsModifier};
+use cilium_api::models::{
+    AddressPair, EndpointChangeRequest, EndpointState, Family, LabelsModifier,
+};
 
 use super::*;
 
@@ -32,7 +34,9 @@ fn create(agent: &Agent, container: &str, pair: AddressPair) -> Endpoint {
         labels: Some(vec!["container:app=web".into()]),
         ..Default::default()
     };
-    agent.endpoint_create(&id(&format!("container-id:{container}")), req).unwrap()
+    agent
+        .endpoint_create(&id(&format!("container-id:{container}")), req)
+        .unwrap()
 }
 
 #[test]
@@ -44,13 +48,24 @@ fn endpoint_claims_addresses_and_delete_releases_them() {
     assert_eq!(ep.id, 1);
     assert_eq!(ep.container_id, "c1");
     assert_eq!(ep.state, EndpointState::WaitingForIdentity);
-    assert_eq!(agent.ipam.owner(&pair.ipv4.unwrap()).as_deref(), Some("endpoint:1"));
+    assert_eq!(
+        agent.ipam.owner(&pair.ipv4.unwrap()).as_deref(),
+        Some("endpoint:1")
+    );
     // Its addresses cannot be released from under it.
     let err = agent.ipam_release(pair.ipv4.unwrap()).unwrap_err();
-    assert!(matches!(err, AgentError::AddressInUse { endpoint: 1, .. }), "{err}");
+    assert!(
+        matches!(err, AgentError::AddressInUse { endpoint: 1, .. }),
+        "{err}"
+    );
     // Nor claimed by another endpoint.
-    let req = EndpointChangeRequest { addressing: Some(pair.clone()), ..Default::default() };
-    let err = agent.endpoint_create(&id("container-id:c2"), req).unwrap_err();
+    let req = EndpointChangeRequest {
+        addressing: Some(pair.clone()),
+        ..Default::default()
+    };
+    let err = agent
+        .endpoint_create(&id("container-id:c2"), req)
+        .unwrap_err();
     assert!(matches!(err, AgentError::AddressInUse { .. }), "{err}");
     assert_eq!(agent.endpoint_count(), 1, "the failed create left nothing");
 
@@ -74,11 +89,21 @@ fn duplicate_endpoints_are_refused() {
         .endpoint_create(&id("container-id:dup"), EndpointChangeRequest::default())
         .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
-    let err = agent.endpoint_create(&id("cilium-local:1"), EndpointChangeRequest::default()).unwrap_err();
+    let err = agent
+        .endpoint_create(&id("cilium-local:1"), EndpointChangeRequest::default())
+        .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
-    let body = EndpointChangeRequest { container_id: Some("other".into()), ..Default::default() };
-    let err = agent.endpoint_create(&id("container-id:x"), body).unwrap_err();
-    assert!(err.to_string().contains("body says container-id other"), "{err}");
+    let body = EndpointChangeRequest {
+        container_id: Some("other".into()),
+        ..Default::default()
+    };
+    let err = agent
+        .endpoint_create(&id("container-id:x"), body)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("body says container-id other"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -86,15 +111,34 @@ fn out_of_range_or_disabled_addresses_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = start(tmp.path());
     let req = EndpointChangeRequest {
-        addressing: Some(AddressPair { ipv4: Some(ip("10.78.0.5")), ipv6: None }),
+        addressing: Some(AddressPair {
+            ipv4: Some(ip("10.78.0.5")),
+            ipv6: None,
+        }),
         ..Default::default()
     };
-    let err = agent.endpoint_create(&id("container-id:c"), req).unwrap_err();
-    assert!(matches!(err, AgentError::Ipam(IpamError::OutOfRange { .. })), "{err}");
-    let router = AddressPair { ipv4: Some(ip("10.77.0.1")), ipv6: None };
-    let req = EndpointChangeRequest { addressing: Some(router), ..Default::default() };
-    let err = agent.endpoint_create(&id("container-id:c"), req).unwrap_err();
-    assert!(matches!(err, AgentError::Ipam(IpamError::AlreadyAllocated { .. })), "{err}");
+    let err = agent
+        .endpoint_create(&id("container-id:c"), req)
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Ipam(IpamError::OutOfRange { .. })),
+        "{err}"
+    );
+    let router = AddressPair {
+        ipv4: Some(ip("10.77.0.1")),
+        ipv6: None,
+    };
+    let req = EndpointChangeRequest {
+        addressing: Some(router),
+        ..Default::default()
+    };
+    let err = agent
+        .endpoint_create(&id("container-id:c"), req)
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Ipam(IpamError::AlreadyAllocated { .. })),
+        "{err}"
+    );
     assert_eq!(agent.endpoint_count(), 0);
     assert!(agent.ipam.allocations().is_empty());
 }
@@ -112,15 +156,28 @@ fn patch_labels_and_options() {
     let ep = agent.endpoint_patch(&id("container-id:p"), patch).unwrap();
     assert_eq!(ep.state, EndpointState::Regenerating);
     assert_eq!(ep.interface_name, "lxc12345");
-    let back = EndpointChangeRequest { state: Some(EndpointState::Creating), ..Default::default() };
-    assert!(agent.endpoint_patch(&id("1"), back).is_err());
-    let readdress = EndpointChangeRequest {
-        addressing: Some(AddressPair { ipv4: Some(ip("10.77.0.9")), ipv6: None }),
+    let back = EndpointChangeRequest {
+        state: Some(EndpointState::Creating),
         ..Default::default()
     };
-    assert!(agent.endpoint_patch(&id("1"), readdress).unwrap_err().to_string().contains("cannot be changed"));
+    assert!(agent.endpoint_patch(&id("1"), back).is_err());
+    let readdress = EndpointChangeRequest {
+        addressing: Some(AddressPair {
+            ipv4: Some(ip("10.77.0.9")),
+            ipv6: None,
+        }),
+        ..Default::default()
+    };
+    assert!(agent
+        .endpoint_patch(&id("1"), readdress)
+        .unwrap_err()
+        .to_string()
+        .contains("cannot be changed"));
 
-    let modifier = LabelsModifier { add: vec!["container:tier=db".into()], delete: vec![] };
+    let modifier = LabelsModifier {
+        add: vec!["container:tier=db".into()],
+        delete: vec![],
+    };
     let labels = agent.endpoint_labels_modify(&id("1"), &modifier).unwrap();
     assert_eq!(labels.custom, vec!["container:tier=db"]);
     let ep = agent.endpoint_get(&id("1")).unwrap();
@@ -148,7 +205,12 @@ fn restart_restores_endpoints_and_allocations() {
     assert_eq!(ep.addressing, pair);
     assert_eq!(agent.ipam.owner(&reserved).as_deref(), Some("docker"));
     // The next allocation does not hand out anything in use.
-    let next = agent.ipam_allocate(Some(Family::Ipv4), "cni").unwrap().endpoint.ipv4.unwrap();
+    let next = agent
+        .ipam_allocate(Some(Family::Ipv4), "cni")
+        .unwrap()
+        .endpoint
+        .ipv4
+        .unwrap();
     assert!(next != pair.ipv4.unwrap() && next != reserved);
     // The endpoint id counter continues.
     assert_eq!(create(&agent, "r2", AddressPair::default()).id, 2);
@@ -183,17 +245,31 @@ fn reconcile_after_crash_between_the_two_writes() {
     // Crash 1: endpoint 2's file written, IPAM not (simulate: its addresses free in ipam.json).
     // Crash 2: endpoint 1's file gone, its allocations still in ipam.json.
     let ipam_path = state.join("ipam.json");
-    let text = fs::read_to_string(&ipam_path).unwrap().replace("endpoint:2", "REMOVED");
+    let text = fs::read_to_string(&ipam_path)
+        .unwrap()
+        .replace("endpoint:2", "REMOVED");
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     for family in ["ipv4", "ipv6"] {
-        value[family]["allocations"].as_object_mut().unwrap().retain(|_, v| v != "REMOVED");
+        value[family]["allocations"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, v| v != "REMOVED");
     }
     fs::write(&ipam_path, value.to_string()).unwrap();
     fs::remove_file(state.join("endpoints/1.json")).unwrap();
 
     let agent = start(tmp.path());
-    let owners: Vec<String> = agent.ipam.allocations().into_iter().map(|(_, o)| o).collect();
-    assert_eq!(owners, vec!["endpoint:2", "endpoint:2"], "1's leaked, 2's re-claimed");
+    let owners: Vec<String> = agent
+        .ipam
+        .allocations()
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(
+        owners,
+        vec!["endpoint:2", "endpoint:2"],
+        "1's leaked, 2's re-claimed"
+    );
     assert_eq!(agent.endpoint_count(), 1);
 }
 
@@ -210,11 +286,24 @@ fn corrupt_endpoint_file_is_moved_aside_and_reported() {
     let agent = start(tmp.path());
     assert_eq!(agent.endpoint_count(), 1);
     assert_eq!(agent.warnings().len(), 1);
-    assert!(agent.warnings()[0].contains("2.json"), "{:?}", agent.warnings());
-    assert_eq!(agent.status().cilium.state, cilium_api::models::StatusState::Warning);
+    assert!(
+        agent.warnings()[0].contains("2.json"),
+        "{:?}",
+        agent.warnings()
+    );
+    assert_eq!(
+        agent.status().cilium.state,
+        cilium_api::models::StatusState::Warning
+    );
     let moved = fs::read_dir(tmp.path().join("state/endpoints"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".corrupt-")
+        })
         .count();
     assert_eq!(moved, 1);
 }
@@ -237,7 +326,10 @@ fn owners_are_validated() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = start(tmp.path());
     for bad in ["", "router", "endpoint:3"] {
-        assert!(matches!(agent.ipam_allocate(None, bad), Err(AgentError::Invalid(_))), "{bad}");
+        assert!(
+            matches!(agent.ipam_allocate(None, bad), Err(AgentError::Invalid(_))),
+            "{bad}"
+        );
     }
     assert!(agent.ipam.allocations().is_empty());
 }
@@ -247,9 +339,20 @@ fn debug_option_switches_logging() {
     let tmp = tempfile::tempdir().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let agent = Agent::start(config(tmp.path()), Box::new(move |on| log.lock().unwrap().push(on))).unwrap();
-    let out = agent.patch_configuration(&[("Debug".to_string(), "true".to_string())].into()).unwrap();
-    assert_eq!(out.configuration.mutable.get("Debug").map(String::as_str), Some("Enabled"));
+    let agent = Agent::start(
+        config(tmp.path()),
+        Box::new(move |on| log.lock().unwrap().push(on)),
+    )
+    .unwrap();
+    let out = agent
+        .patch_configuration(&[("Debug".to_string(), "true".to_string())].into())
+        .unwrap();
+    assert_eq!(
+        out.configuration.mutable.get("Debug").map(String::as_str),
+        Some("Enabled")
+    );
     assert_eq!(*seen.lock().unwrap(), vec![true]);
-    assert!(agent.patch_configuration(&[("Nope".to_string(), "1".to_string())].into()).is_err());
+    assert!(agent
+        .patch_configuration(&[("Nope".to_string(), "1".to_string())].into())
+        .is_err());
 }

@@ -34,9 +34,21 @@ mod tests {
 
     #[test]
     fn normal_life() {
-        let path = [Creating, WaitingForIdentity, Regenerating, Ready, Regenerating, Ready];
+        let path = [
+            Creating,
+            WaitingForIdentity,
+            Regenerating,
+            Ready,
+            Regenerating,
+            Ready,
+        ];
         for pair in path.windows(2) {
-            assert!(can_transition(pair[0], pair[1]), "{} -> {}", pair[0], pair[1]);
+            assert!(
+                can_transition(pair[0], pair[1]),
+                "{} -> {}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 

@@ -50,7 +50,11 @@ pub enum EndpointError {
     #[error("no free endpoint id: all of 1-65535 are in use")]
     NoFreeId,
     #[error("endpoint {id} cannot go from state {from} to {to}")]
-    BadTransition { id: u16, from: EndpointState, to: EndpointState },
+    BadTransition {
+        id: u16,
+        from: EndpointState,
+        to: EndpointState,
+    },
 }
 
 /// An endpoint as the agent keeps and persists it.
@@ -96,7 +100,10 @@ impl EndpointRecord {
     /// A new endpoint from a create request. Validates every field; `id` is set by the caller.
     pub fn from_request(id: u16, req: &EndpointChangeRequest) -> Result<Self, EndpointError> {
         let state = req.state.unwrap_or(EndpointState::WaitingForIdentity);
-        if !matches!(state, EndpointState::Creating | EndpointState::WaitingForIdentity) {
+        if !matches!(
+            state,
+            EndpointState::Creating | EndpointState::WaitingForIdentity
+        ) {
             return Err(EndpointError::Invalid(format!(
                 "an endpoint is created in state creating or waiting-for-identity, not {state}"
             )));
@@ -149,7 +156,11 @@ impl EndpointRecord {
         for mac in [&req.mac, &req.host_mac].into_iter().flatten() {
             check_mac(mac)?;
         }
-        let labels = req.labels.as_ref().map(|l| labels::parse_list(l)).transpose()?;
+        let labels = req
+            .labels
+            .as_ref()
+            .map(|l| labels::parse_list(l))
+            .transpose()?;
 
         // Everything is valid: apply.
         if let Some(v) = container_id {
@@ -192,7 +203,9 @@ impl EndpointRecord {
 
     /// Addresses of the endpoint.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
-        [self.addressing.ipv4, self.addressing.ipv6].into_iter().flatten()
+        [self.addressing.ipv4, self.addressing.ipv6]
+            .into_iter()
+            .flatten()
     }
 
     /// Moves to another state, recording it in the status log.
@@ -201,7 +214,11 @@ impl EndpointRecord {
             return Ok(());
         }
         if !can_transition(self.state, to) {
-            return Err(EndpointError::BadTransition { id: self.id, from: self.state, to });
+            return Err(EndpointError::BadTransition {
+                id: self.id,
+                from: self.state,
+                to,
+            });
         }
         self.state = to;
         self.log(StatusCode::Ok, why);
@@ -238,8 +255,11 @@ impl EndpointRecord {
 
     /// Whether the endpoint carries every label of `filter`.
     pub fn matches_labels(&self, filter: &[Label]) -> bool {
-        let have: Vec<Label> =
-            self.effective_labels().iter().filter_map(|l| l.parse().ok()).collect();
+        let have: Vec<Label> = self
+            .effective_labels()
+            .iter()
+            .filter_map(|l| l.parse().ok())
+            .collect();
         filter.iter().all(|f| have.iter().any(|h| f.matches(h)))
     }
 
@@ -307,10 +327,14 @@ pub fn owner_endpoint(owner: &str) -> Option<u16> {
 
 fn check_addressing(pair: &AddressPair) -> Result<(), EndpointError> {
     if pair.ipv4.is_some_and(|ip| !ip.is_ipv4()) {
-        return Err(EndpointError::Invalid("addressing.ipv4 holds an IPv6 address".into()));
+        return Err(EndpointError::Invalid(
+            "addressing.ipv4 holds an IPv6 address".into(),
+        ));
     }
     if pair.ipv6.is_some_and(|ip| !ip.is_ipv6()) {
-        return Err(EndpointError::Invalid("addressing.ipv6 holds an IPv4 address".into()));
+        return Err(EndpointError::Invalid(
+            "addressing.ipv6 holds an IPv4 address".into(),
+        ));
     }
     Ok(())
 }
@@ -324,8 +348,13 @@ pub fn check_ifname(name: &str) -> Result<(), EndpointError> {
     if name == "." || name == ".." {
         return Err(bad("reserved name"));
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
-        return Err(bad("must not contain '/', ':', whitespace or control characters"));
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            "must not contain '/', ':', whitespace or control characters",
+        ));
     }
     Ok(())
 }
@@ -333,11 +362,15 @@ pub fn check_ifname(name: &str) -> Result<(), EndpointError> {
 fn check_mac(mac: &str) -> Result<(), EndpointError> {
     let parts: Vec<&str> = mac.split(':').collect();
     let ok = parts.len() == 6
-        && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if ok {
         Ok(())
     } else {
-        Err(EndpointError::Invalid(format!("invalid MAC address '{mac}': expected xx:xx:xx:xx:xx:xx")))
+        Err(EndpointError::Invalid(format!(
+            "invalid MAC address '{mac}': expected xx:xx:xx:xx:xx:xx"
+        )))
     }
 }
 

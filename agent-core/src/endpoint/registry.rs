@@ -61,14 +61,22 @@ impl Registry {
             | EndpointId::PodName(v) => v.as_str(),
             EndpointId::CiliumLocal(_) => "",
         };
-        let matches: Vec<u16> =
-            self.endpoints.values().filter(|r| field(r) == wanted).map(|r| r.id).collect();
+        let matches: Vec<u16> = self
+            .endpoints
+            .values()
+            .filter(|r| field(r) == wanted)
+            .map(|r| r.id)
+            .collect();
         match matches.as_slice() {
             [] => Err(EndpointError::NotFound(id.to_string())),
             [one] => Ok(*one),
             many => Err(EndpointError::Ambiguous {
                 id: id.to_string(),
-                matches: many.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+                matches: many
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -78,7 +86,11 @@ impl Registry {
         let start = self.last_id;
         let mut candidate = start;
         loop {
-            candidate = if candidate == u16::MAX { 1 } else { candidate + 1 };
+            candidate = if candidate == u16::MAX {
+                1
+            } else {
+                candidate + 1
+            };
             if !self.endpoints.contains_key(&candidate) {
                 self.last_id = candidate;
                 return Ok(candidate);

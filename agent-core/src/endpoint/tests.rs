@@ -34,19 +34,33 @@ fn lookup_by_every_prefix() {
         ("pod-name:default:web", 9),
     ];
     for (s, want) in cases {
-        assert_eq!(reg.lookup(&s.parse::<EndpointId>().unwrap()).unwrap(), want, "{s}");
+        assert_eq!(
+            reg.lookup(&s.parse::<EndpointId>().unwrap()).unwrap(),
+            want,
+            "{s}"
+        );
     }
-    let missing = reg.lookup(&"container-id:nope".parse().unwrap()).unwrap_err();
+    let missing = reg
+        .lookup(&"container-id:nope".parse().unwrap())
+        .unwrap_err();
     assert_eq!(missing.to_string(), "endpoint container-id:nope not found");
-    assert!(matches!(reg.lookup(&EndpointId::CiliumLocal(6)), Err(EndpointError::NotFound(_))));
+    assert!(matches!(
+        reg.lookup(&EndpointId::CiliumLocal(6)),
+        Err(EndpointError::NotFound(_))
+    ));
 }
 
 #[test]
 fn ambiguous_names_are_refused() {
     let mut reg = registry_with(&[(1, "a"), (2, "b")]);
     reg.get_mut(2).unwrap().container_name = "name-a".into();
-    let err = reg.lookup(&"container-name:name-a".parse().unwrap()).unwrap_err();
-    assert_eq!(err.to_string(), "container-name:name-a matches several endpoints (1, 2); use the endpoint id");
+    let err = reg
+        .lookup(&"container-name:name-a".parse().unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "container-name:name-a matches several endpoints (1, 2); use the endpoint id"
+    );
 }
 
 #[test]
@@ -54,7 +68,11 @@ fn id_allocation_moves_forward_and_wraps() {
     let mut reg = registry_with(&[(1, "a"), (2, "b")]);
     assert_eq!(reg.allocate_id().unwrap(), 3);
     reg.remove(1);
-    assert_eq!(reg.allocate_id().unwrap(), 4, "a freed id is not reused at once");
+    assert_eq!(
+        reg.allocate_id().unwrap(),
+        4,
+        "a freed id is not reused at once"
+    );
     reg.insert(EndpointRecord::from_request(65535, &request("z")).unwrap());
     assert_eq!(reg.allocate_id().unwrap(), 1, "wraps to the lowest free id");
 }
@@ -76,23 +94,53 @@ fn uniqueness_of_runtime_ids() {
     let reg = registry_with(&[(1, "abc")]);
     let dup = EndpointRecord::from_request(2, &request("abc")).unwrap();
     let err = reg.check_unique(&dup).unwrap_err();
-    assert_eq!(err.to_string(), "endpoint 1 already exists for container-id abc");
+    assert_eq!(
+        err.to_string(),
+        "endpoint 1 already exists for container-id abc"
+    );
     let ok = EndpointRecord::from_request(2, &request("xyz")).unwrap();
     reg.check_unique(&ok).unwrap();
 }
 
 #[test]
 fn create_validates_fields() {
-    let bad_state = EndpointChangeRequest { state: Some(EndpointState::Ready), ..request("a") };
-    assert!(EndpointRecord::from_request(1, &bad_state).unwrap_err().to_string().contains("state"));
-    let bad_if = EndpointChangeRequest { interface_name: Some("a/b".into()), ..request("a") };
-    assert!(EndpointRecord::from_request(1, &bad_if).unwrap_err().to_string().contains("interface name"));
-    let long_if = EndpointChangeRequest { interface_name: Some("x".repeat(16)), ..request("a") };
+    let bad_state = EndpointChangeRequest {
+        state: Some(EndpointState::Ready),
+        ..request("a")
+    };
+    assert!(EndpointRecord::from_request(1, &bad_state)
+        .unwrap_err()
+        .to_string()
+        .contains("state"));
+    let bad_if = EndpointChangeRequest {
+        interface_name: Some("a/b".into()),
+        ..request("a")
+    };
+    assert!(EndpointRecord::from_request(1, &bad_if)
+        .unwrap_err()
+        .to_string()
+        .contains("interface name"));
+    let long_if = EndpointChangeRequest {
+        interface_name: Some("x".repeat(16)),
+        ..request("a")
+    };
     assert!(EndpointRecord::from_request(1, &long_if).is_err());
-    let bad_mac = EndpointChangeRequest { mac: Some("zz:00:00:00:00:00".into()), ..request("a") };
-    assert!(EndpointRecord::from_request(1, &bad_mac).unwrap_err().to_string().contains("MAC"));
-    let bad_label = EndpointChangeRequest { labels: Some(vec!["bogus:x".into()]), ..request("a") };
-    assert!(EndpointRecord::from_request(1, &bad_label).unwrap_err().to_string().contains("bogus"));
+    let bad_mac = EndpointChangeRequest {
+        mac: Some("zz:00:00:00:00:00".into()),
+        ..request("a")
+    };
+    assert!(EndpointRecord::from_request(1, &bad_mac)
+        .unwrap_err()
+        .to_string()
+        .contains("MAC"));
+    let bad_label = EndpointChangeRequest {
+        labels: Some(vec!["bogus:x".into()]),
+        ..request("a")
+    };
+    assert!(EndpointRecord::from_request(1, &bad_label)
+        .unwrap_err()
+        .to_string()
+        .contains("bogus"));
     let swapped = EndpointChangeRequest {
         addressing: Some(cilium_api::models::AddressPair {
             ipv4: Some("f00d::1".parse().unwrap()),
@@ -110,11 +158,14 @@ fn create_validates_fields() {
 fn label_modification_all_or_nothing() {
     let mut r = EndpointRecord::from_request(1, &request("a")).unwrap();
     let l = |s: &str| s.parse::<crate::labels::Label>().unwrap();
-    r.modify_labels(&[l("container:extra")], &[l("k8s:id=app1")]).unwrap();
+    r.modify_labels(&[l("container:extra")], &[l("k8s:id=app1")])
+        .unwrap();
     assert_eq!(r.effective_labels(), vec!["container:extra", "container:z"]);
     assert_eq!(r.labels.disabled, vec!["k8s:id=app1"]);
     let before = r.labels.clone();
-    let err = r.modify_labels(&[l("container:more")], &[l("k8s:missing")]).unwrap_err();
+    let err = r
+        .modify_labels(&[l("container:more")], &[l("k8s:missing")])
+        .unwrap_err();
     assert!(matches!(err, EndpointError::LabelNotFound { .. }));
     assert_eq!(r.labels, before, "nothing changed");
     // Adding a disabled orchestration label re-enables it.
@@ -127,11 +178,15 @@ fn label_modification_all_or_nothing() {
 #[test]
 fn state_changes_are_logged_and_checked() {
     let mut r = EndpointRecord::from_request(1, &request("a")).unwrap();
-    r.set_state(EndpointState::Regenerating, "regenerating").unwrap();
+    r.set_state(EndpointState::Regenerating, "regenerating")
+        .unwrap();
     r.set_state(EndpointState::Ready, "ready").unwrap();
     assert_eq!(r.status.back().unwrap().state, EndpointState::Ready);
     let err = r.set_state(EndpointState::Creating, "back").unwrap_err();
-    assert_eq!(err.to_string(), "endpoint 1 cannot go from state ready to creating");
+    assert_eq!(
+        err.to_string(),
+        "endpoint 1 cannot go from state ready to creating"
+    );
     for i in 0..40 {
         r.log(cilium_api::models::StatusCode::Ok, &format!("n{i}"));
     }

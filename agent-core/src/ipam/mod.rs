@@ -39,12 +39,21 @@ pub enum IpamError {
          range {range} (e.g. {examples}); start with the range they came from, or with \
          --restore=false to discard them"
     )]
-    StateMismatch { family: Family, saved_range: String, range: Cidr, examples: String },
+    StateMismatch {
+        family: Family,
+        saved_range: String,
+        range: Cidr,
+        examples: String,
+    },
     #[error(
         "the saved state holds {count} {family} allocations from {saved_range} but {family} is \
          disabled now; enable it again, or start with --restore=false to discard them"
     )]
-    SavedFamilyDisabled { family: Family, count: usize, saved_range: String },
+    SavedFamilyDisabled {
+        family: Family,
+        count: usize,
+        saved_range: String,
+    },
 }
 
 /// What is persisted of IPAM.
@@ -95,7 +104,10 @@ impl Ipam {
 
     /// Families with a pool, IPv4 first.
     pub fn families(&self) -> Vec<Family> {
-        [Family::Ipv4, Family::Ipv6].into_iter().filter(|f| self.enabled(*f)).collect()
+        [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .filter(|f| self.enabled(*f))
+            .collect()
     }
 
     /// Allocates one address of `family`, or one of every enabled family when `None`. Either
@@ -143,7 +155,10 @@ impl Ipam {
 
     /// The owner of an address, if allocated.
     pub fn owner(&self, ip: &IpAddr) -> Option<String> {
-        self.pool(Family::of(ip)).ok()?.owner(ip).map(str::to_string)
+        self.pool(Family::of(ip))
+            .ok()?
+            .owner(ip)
+            .map(str::to_string)
     }
 
     pub fn set_owner(&self, ip: &IpAddr, owner: &str) -> Result<(), IpamError> {
@@ -172,7 +187,10 @@ impl Ipam {
                 .map(|p| p.allocations().map(|(ip, _)| ip.to_string()).collect())
                 .unwrap_or_default()
         };
-        IpamStatus { ipv4: list(Family::Ipv4), ipv6: list(Family::Ipv6) }
+        IpamStatus {
+            ipv4: list(Family::Ipv4),
+            ipv6: list(Family::Ipv6),
+        }
     }
 
     /// The node addressing as the API reports it.
@@ -185,12 +203,19 @@ impl Ipam {
             },
             Err(_) => NodeAddressingElement::default(),
         };
-        NodeAddressing { ipv4: element(Family::Ipv4), ipv6: element(Family::Ipv6) }
+        NodeAddressing {
+            ipv4: element(Family::Ipv4),
+            ipv6: element(Family::Ipv6),
+        }
     }
 
     pub fn to_state(&self) -> IpamState {
         let state = |f| self.pool(f).ok().map(|p| p.to_state());
-        IpamState { version: STATE_VERSION, ipv4: state(Family::Ipv4), ipv6: state(Family::Ipv6) }
+        IpamState {
+            version: STATE_VERSION,
+            ipv4: state(Family::Ipv4),
+            ipv6: state(Family::Ipv6),
+        }
     }
 
     /// Loads persisted allocations. Checks every family before changing any.

@@ -58,7 +58,15 @@ impl Pool {
         }
         let mut allocated = BTreeMap::new();
         allocated.insert(first, ROUTER_OWNER.to_string());
-        Ok(Pool { range, alloc, first, last, router: first, allocated, cursor: first + 1 })
+        Ok(Pool {
+            range,
+            alloc,
+            first,
+            last,
+            router: first,
+            allocated,
+            cursor: first + 1,
+        })
     }
 
     pub fn family(&self) -> Family {
@@ -93,12 +101,21 @@ impl Pool {
 
     /// Hands out the next free address at or after the cursor, wrapping around once.
     pub fn allocate(&mut self, owner: &str) -> Result<IpAddr, IpamError> {
-        let found = self.next_free_from(self.cursor).or_else(|| self.next_free_from(self.first));
+        let found = self
+            .next_free_from(self.cursor)
+            .or_else(|| self.next_free_from(self.first));
         let Some(value) = found else {
-            return Err(IpamError::Exhausted { family: self.family(), range: self.alloc });
+            return Err(IpamError::Exhausted {
+                family: self.family(),
+                range: self.alloc,
+            });
         };
         self.allocated.insert(value, owner.to_string());
-        self.cursor = if value >= self.last { self.first } else { value + 1 };
+        self.cursor = if value >= self.last {
+            self.first
+        } else {
+            value + 1
+        };
         Ok(self.ip(value))
     }
 
@@ -116,7 +133,10 @@ impl Pool {
     /// Checks that `ip` is an address endpoints may hold, and returns it as an integer.
     fn check_allocatable(&self, ip: &IpAddr) -> Result<u128, IpamError> {
         if !self.alloc.contains(ip) {
-            return Err(IpamError::OutOfRange { ip: *ip, range: self.alloc });
+            return Err(IpamError::OutOfRange {
+                ip: *ip,
+                range: self.alloc,
+            });
         }
         let value = to_u128(ip);
         if value < self.first || value > self.last {
@@ -126,7 +146,10 @@ impl Pool {
             });
         }
         if value == self.router {
-            return Err(IpamError::NotAllocatable { ip: *ip, reason: "it is the router address" });
+            return Err(IpamError::NotAllocatable {
+                ip: *ip,
+                reason: "it is the router address",
+            });
         }
         Ok(value)
     }
@@ -134,11 +157,17 @@ impl Pool {
     /// Reserves a given address.
     pub fn reserve(&mut self, ip: IpAddr, owner: &str) -> Result<(), IpamError> {
         if self.alloc.contains(&ip) && to_u128(&ip) == self.router {
-            return Err(IpamError::AlreadyAllocated { ip, owner: ROUTER_OWNER.to_string() });
+            return Err(IpamError::AlreadyAllocated {
+                ip,
+                owner: ROUTER_OWNER.to_string(),
+            });
         }
         let value = self.check_allocatable(&ip)?;
         if let Some(current) = self.allocated.get(&value) {
-            return Err(IpamError::AlreadyAllocated { ip, owner: current.clone() });
+            return Err(IpamError::AlreadyAllocated {
+                ip,
+                owner: current.clone(),
+            });
         }
         self.allocated.insert(value, owner.to_string());
         Ok(())
@@ -147,7 +176,9 @@ impl Pool {
     /// Releases an address; returns its owner.
     pub fn release(&mut self, ip: IpAddr) -> Result<String, IpamError> {
         let value = self.check_allocatable(&ip)?;
-        self.allocated.remove(&value).ok_or(IpamError::NotAllocated { ip })
+        self.allocated
+            .remove(&value)
+            .ok_or(IpamError::NotAllocated { ip })
     }
 
     /// The owner of an address, if allocated.
@@ -172,7 +203,9 @@ impl Pool {
 
     /// Every allocated address with its owner, router included, in address order.
     pub fn allocations(&self) -> impl Iterator<Item = (IpAddr, &str)> + '_ {
-        self.allocated.iter().map(|(v, o)| (self.ip(*v), o.as_str()))
+        self.allocated
+            .iter()
+            .map(|(v, o)| (self.ip(*v), o.as_str()))
     }
 
     pub fn to_state(&self) -> PoolState {
