@@ -54,6 +54,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sta
 #[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
+    /// Open handles of the state directories, for the fsync after each rename.
+    root_handle: File,
+    endpoints_handle: File,
     _lock: File,
 }
 
@@ -84,8 +87,12 @@ impl StateDir {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
+        let root_handle = File::open(root).map_err(io_err("open", root))?;
+        let endpoints_handle = File::open(&endpoints).map_err(io_err("open", &endpoints))?;
         let dir = StateDir {
             root: root.to_path_buf(),
+            root_handle,
+            endpoints_handle,
             _lock: lock,
         };
         dir.remove_temp_files()?;
@@ -118,11 +125,17 @@ impl StateDir {
         Ok(())
     }
 
-    /// Writes `value` as JSON to `path` atomically.
+    /// Writes `value` as JSON to `path` (a file of this directory) atomically.
     pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(value)
+        let bytes = serde_json::to_vec(value)
             .map_err(|e| io_err("serialize", path)(io::Error::other(e)))?;
-        write_atomic(path, &bytes)
+        let parent = path.parent().unwrap_or(&self.root);
+        let dir = if parent == self.root {
+            &self.root_handle
+        } else {
+            &self.endpoints_handle
+        };
+        write_atomic(path, &bytes, Some(dir))
     }
 
     /// Reads a JSON file. `Ok(None)` when it does not exist. A file that cannot be parsed is
@@ -201,8 +214,9 @@ impl StateDir {
 }
 
 /// Writes a file so that a reader sees either the old or the new content, also after a
-/// crash: temp file in the same directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+/// crash: temp file in the same directory, fsync, rename, fsync of the directory (`dir`, an
+/// open handle of it, or opened here when `None`).
+pub fn write_atomic(path: &Path, bytes: &[u8], dir: Option<&File>) -> Result<(), StateError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -216,15 +230,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
     file.write_all(bytes).map_err(io_err("write", &tmp))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
+    file.sync_data().map_err(io_err("fsync", &tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync directory", dir))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    match dir {
+        Some(handle) => handle.sync_all(),
+        None => File::open(parent).and_then(|d| d.sync_all()),
     }
-    Ok(())
+    .map_err(io_err("fsync directory", parent))
 }
 
 #[cfg(test)]
