@@ -544,3 +544,53 @@ fn default_ranges_come_from_the_node_address() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_finds_the_agent_through_cilium_sock() {
+    let dir = test_dir();
+    let agent = Agent::start(dir.path(), &AgentOptions::default());
+    for value in [
+        agent.socket.display().to_string(),
+        format!("unix://{}", agent.socket.display()),
+    ] {
+        let out = std::process::Command::new(integration::bin("cilium"))
+            .env("CILIUM_SOCK", &value)
+            .args(["status", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: StatusResponse = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status.ipam.ipv4, vec!["10.23.0.1"]);
+    }
+}
+
+#[test]
+fn ipv6_only_agent() {
+    let dir = test_dir();
+    let opts = AgentOptions {
+        args: vec![
+            "--disable-ipv4".into(),
+            "--ipv6-range".into(),
+            "f00d::/112".into(),
+        ],
+        fixed_ranges: false,
+        ..Default::default()
+    };
+    let agent = Agent::start(dir.path(), &opts);
+    let pair = allocate(&agent, "v6");
+    assert!(pair.endpoint.ipv4.is_none());
+    assert_eq!(pair.endpoint.ipv6.unwrap().to_string(), "f00d::2");
+    assert!(!pair.host_addressing.ipv4.enabled);
+    let (status, body) = agent.http("POST", "/ipam?family=ipv4&owner=x", None);
+    assert_eq!(status, 501, "{body}");
+    let printed = fs::read_to_string(&agent.stdout).unwrap();
+    assert!(
+        printed.contains("Internal-Node IPv4: disabled"),
+        "{printed}"
+    );
+    assert!(printed.contains("Node-IPv6: f00d::1"), "{printed}");
+}
