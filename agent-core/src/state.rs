@@ -70,23 +70,15 @@ impl StateDir {
             .create(&endpoints)
             .map_err(io_err("create state directory", &endpoints))?;
         let lock_path = root.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("open lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+        let lock = match lock_exclusive(&lock_path).map_err(io_err("lock", &lock_path))? {
+            Some(file) => file,
+            None => {
                 return Err(StateError::Locked {
                     dir: root.to_path_buf(),
                     lock: lock_path,
-                })
+                });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
-        }
+        };
         let root_handle = File::open(root).map_err(io_err("open", root))?;
         let endpoints_handle = File::open(&endpoints).map_err(io_err("open", &endpoints))?;
         let dir = StateDir {
@@ -210,6 +202,22 @@ impl StateDir {
             self.remove(&path)?;
         }
         Ok(())
+    }
+}
+
+/// Opens (creating it, mode 0600) and locks a lock file for the life of the returned handle.
+/// `Ok(None)` when another process holds the lock.
+pub fn lock_exclusive(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

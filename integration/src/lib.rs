@@ -235,26 +235,13 @@ impl Agent {
 
     /// Sends a signal and waits (up to 10 s) for the agent to exit; returns its exit code.
     pub fn stop_with(&mut self, signal: Signal) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), signal);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "cilium-agent ignored {signal:?} for 10 s:\n{}",
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
         }
+        self.wait_exit(Duration::from_secs(10))
     }
 
-    /// Waits for an agent that is expected to exit on its own (e.g. refused to start).
+    /// Waits for the agent to exit; kills it and panics with its output after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
         let deadline = Instant::now() + timeout;
@@ -265,7 +252,10 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("cilium-agent kept running:\n{}", self.output());
+                panic!(
+                    "cilium-agent kept running past {timeout:?}:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

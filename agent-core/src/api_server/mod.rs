@@ -5,10 +5,10 @@
 pub mod handlers;
 pub mod routes;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixListener;
 
 use crate::daemon::Agent;
+use crate::state::lock_exclusive;
 
 /// Longest path a unix socket address can hold (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -104,23 +105,15 @@ impl ApiSocket {
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
         let lock_path = PathBuf::from(lock_name);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("open lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+        let lock = match lock_exclusive(&lock_path).map_err(io_err("lock", &lock_path))? {
+            Some(file) => file,
+            None => {
                 return Err(SocketError::AgentRunning {
                     path: path.to_path_buf(),
                     lock: lock_path,
-                })
+                });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
-        }
+        };
 
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
