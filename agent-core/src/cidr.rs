@@ -38,10 +38,6 @@ impl Cidr {
         self.network
     }
 
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix
-    }
-
     pub fn family(&self) -> Family {
         Family::of(&self.network)
     }

@@ -59,13 +59,6 @@ impl OptionSet {
         }
     }
 
-    /// Keeps only the known names of `saved` (used when restoring from state).
-    pub fn merge_saved(&mut self, saved: &OptionSet) {
-        for (name, on) in &saved.values {
-            self.set(name, *on);
-        }
-    }
-
     /// Validates every change, then applies them all. Returns the changed (name, value) pairs.
     pub fn apply(
         &mut self,
