@@ -85,11 +85,6 @@ impl Pool {
         self.ip(self.router)
     }
 
-    /// Number of addresses endpoints can get (router excluded).
-    pub fn capacity(&self) -> u128 {
-        self.last - self.first
-    }
-
     /// Number of addresses handed out (router excluded).
     pub fn used(&self) -> usize {
         self.allocated.len() - 1
