@@ -127,7 +127,7 @@ impl StateDir {
         } else {
             &self.endpoints_handle
         };
-        write_atomic(path, &bytes, Some(dir))
+        write_atomic(path, &bytes, dir)
     }
 
     /// Reads a JSON file. `Ok(None)` when it does not exist. A file that cannot be parsed is
@@ -223,8 +223,8 @@ pub fn lock_exclusive(path: &Path) -> io::Result<Option<File>> {
 
 /// Writes a file so that a reader sees either the old or the new content, also after a
 /// crash: temp file in the same directory, fsync, rename, fsync of the directory (`dir`, an
-/// open handle of it, or opened here when `None`).
-pub fn write_atomic(path: &Path, bytes: &[u8], dir: Option<&File>) -> Result<(), StateError> {
+/// open handle of the file's directory).
+pub fn write_atomic(path: &Path, bytes: &[u8], dir: &File) -> Result<(), StateError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -242,11 +242,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], dir: Option<&File>) -> Result<(),
     drop(file);
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
     let parent = path.parent().unwrap_or(Path::new("."));
-    match dir {
-        Some(handle) => handle.sync_all(),
-        None => File::open(parent).and_then(|d| d.sync_all()),
-    }
-    .map_err(io_err("fsync directory", parent))
+    dir.sync_all().map_err(io_err("fsync directory", parent))
 }
 
 #[cfg(test)]

@@ -42,6 +42,13 @@ pub enum ClientError {
         #[source]
         source: hyper::Error,
     },
+    /// The request could not be built (an id or owner that does not fit in a URI).
+    #[error("cannot build the request for {path}: {source}")]
+    Request {
+        path: String,
+        #[source]
+        source: http::Error,
+    },
     /// The agent's reply did not parse.
     #[error("cannot decode the agent's reply to {what}: {source}")]
     Decode {
@@ -124,9 +131,9 @@ impl Client {
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Api {
-                status: 0,
-                message: format!("bad request: {e}"),
+            .map_err(|source| ClientError::Request {
+                path: uri.clone(),
+                source,
             })?;
 
         let mut guard = self.conn.lock().await;

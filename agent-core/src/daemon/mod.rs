@@ -312,12 +312,7 @@ impl Agent {
     /// `GET /endpoint/{id}`.
     pub fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, AgentError> {
         let inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        Ok(inner
-            .endpoints
-            .get(n)
-            .map(EndpointRecord::to_api)
-            .ok_or_else(|| not_found(id))?)
+        Ok(inner.endpoints.find(id)?.to_api())
     }
 
     /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM.
@@ -438,8 +433,8 @@ impl Agent {
         req: EndpointChangeRequest,
     ) -> Result<Endpoint, AgentError> {
         let mut inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        let current = inner.endpoints.get(n).ok_or_else(|| not_found(id))?;
+        let current = inner.endpoints.find(id)?;
+        let n = current.id;
         if req.id.is_some_and(|x| x != n) {
             return Err(AgentError::Invalid(
                 "the endpoint id cannot be changed".into(),
@@ -521,13 +516,7 @@ impl Agent {
     /// `GET /endpoint/{id}/labels`.
     pub fn endpoint_labels(&self, id: &EndpointId) -> Result<LabelConfiguration, AgentError> {
         let inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        Ok(inner
-            .endpoints
-            .get(n)
-            .ok_or_else(|| not_found(id))?
-            .labels
-            .clone())
+        Ok(inner.endpoints.find(id)?.labels.clone())
     }
 
     /// `PUT /endpoint/{id}/labels`.
@@ -539,8 +528,7 @@ impl Agent {
         let add = crate::labels::parse_list(&modifier.add)?;
         let delete = crate::labels::parse_list(&modifier.delete)?;
         let mut inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        let mut updated = inner.endpoints.get(n).ok_or_else(|| not_found(id))?.clone();
+        let mut updated = inner.endpoints.find(id)?.clone();
         updated.modify_labels(&add, &delete)?;
         let labels = updated.labels.clone();
         self.save_endpoint(&mut inner, updated)?;
@@ -550,13 +538,7 @@ impl Agent {
     /// `GET /endpoint/{id}/config`.
     pub fn endpoint_config(&self, id: &EndpointId) -> Result<ConfigurationMap, AgentError> {
         let inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        Ok(inner
-            .endpoints
-            .get(n)
-            .ok_or_else(|| not_found(id))?
-            .options
-            .to_map())
+        Ok(inner.endpoints.find(id)?.options.to_map())
     }
 
     /// `PATCH /endpoint/{id}/config`.
@@ -566,8 +548,7 @@ impl Agent {
         changes: &ConfigurationMap,
     ) -> Result<ConfigurationMap, AgentError> {
         let mut inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        let mut updated = inner.endpoints.get(n).ok_or_else(|| not_found(id))?.clone();
+        let mut updated = inner.endpoints.find(id)?.clone();
         for (name, on) in updated.options.apply(changes)? {
             let message = format!(
                 "option {name} {}",
@@ -600,7 +581,7 @@ fn check_owner(owner: &str) -> Result<(), AgentError> {
         ));
     }
     validate_name(owner).map_err(|e| AgentError::Invalid(format!("invalid owner: {e}")))?;
-    if owner == ROUTER_OWNER || owner_endpoint(owner).is_some() || owner.starts_with("endpoint:") {
+    if owner == ROUTER_OWNER || owner.starts_with("endpoint:") {
         return Err(AgentError::Invalid(format!(
             "owner '{owner}' is reserved for the agent's own records"
         )));

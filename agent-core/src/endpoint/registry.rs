@@ -81,6 +81,14 @@ impl Registry {
         }
     }
 
+    /// The endpoint that `id` names.
+    pub fn find(&self, id: &EndpointId) -> Result<&EndpointRecord, EndpointError> {
+        let n = self.lookup(id)?;
+        self.endpoints
+            .get(&n)
+            .ok_or_else(|| EndpointError::NotFound(id.to_string()))
+    }
+
     /// The next free endpoint id after the last one handed out, wrapping once.
     pub fn allocate_id(&mut self) -> Result<u16, EndpointError> {
         let start = self.last_id;
