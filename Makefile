@@ -8,6 +8,10 @@ ARGS ?=
 
 all: build
 
+# What the integration tests and benchmarks run against: busybox (ping, nc, the container
+# image), containerd (ctr run --cni) and the reference CNI plugins.
+TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables
+
 deps:
 	@install/deps.sh
 
@@ -30,16 +34,19 @@ unit: deps
 	$(CARGO) test --workspace --exclude integration
 
 integration: build
+	@install/deps.sh $(TEST_PACKAGES)
 	$(CARGO) test -p integration
 
 test: lint build
+	@install/deps.sh $(TEST_PACKAGES)
 	$(CARGO) test --workspace
 
 # Side-by-side measurements (not tests): agent API vs the reference host-local IPAM plugin.
 bench: deps
-	@install/deps.sh containernetworking-plugins
-	$(CARGO) build --release -p agent-core --bins
+	@install/deps.sh $(TEST_PACKAGES)
+	$(CARGO) build --release -p agent-core -p cilium-cni --bins
 	$(CARGO) run --release -p integration --bin bench-ipam
+	$(CARGO) run --release -p integration --bin bench-cni
 
 clean:
 	$(CARGO) clean

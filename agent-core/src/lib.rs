@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod endpoint;
 pub mod ipam;
 pub mod labels;
+pub mod link;
+pub mod netns;
 pub mod node;
 pub mod options;
 pub mod state;

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cni;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

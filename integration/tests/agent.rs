@@ -110,7 +110,7 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
         &format!("cilium-local:{id}"),
     ] {
         let got: Endpoint =
-            serde_json::from_str(&agent.cli(&["endpoint", "get", by]).ok()).unwrap();
+            serde_json::from_str(&agent.cli(&["-o", "json", "endpoint", "get", by]).ok()).unwrap();
         assert_eq!(got.id, created.id, "lookup by {by}");
     }
     // Label filter.
@@ -174,9 +174,12 @@ fn restart_finds_allocations_and_endpoints_again() {
         let next = allocate(&agent, "after").endpoint.ipv4.unwrap().to_string();
         assert!(!used_v4.contains(&next), "{next} handed out twice");
     }
-    let ep: Endpoint =
-        serde_json::from_str(&agent.cli(&["endpoint", "get", "container-id:persist"]).ok())
-            .unwrap();
+    let ep: Endpoint = serde_json::from_str(
+        &agent
+            .cli(&["-o", "json", "endpoint", "get", "container-id:persist"])
+            .ok(),
+    )
+    .unwrap();
     assert_eq!(ep.addressing.ipv4, pair.endpoint.ipv4);
 }
 

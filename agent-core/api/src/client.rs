@@ -15,9 +15,9 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::models::{
-    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, ErrorResponse,
-    Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier, PartialDelete,
-    StatusResponse,
+    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth,
+    ErrorResponse, Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
+    PartialDelete, StatusResponse,
 };
 use crate::{path, EndpointId, API_BASE};
 
@@ -301,6 +301,15 @@ impl Client {
             }
             status => Err(api_error(status, &reply.body)),
         }
+    }
+
+    /// `GET /endpoint/{id}/healthz`: checks that the endpoint's links, addresses and routes
+    /// are still in place.
+    pub async fn endpoint_health(&self, id: &EndpointId) -> Result<EndpointHealth, ClientError> {
+        Ok(self
+            .call(Method::GET, &endpoint_path(id, "/healthz"), None)
+            .await?
+            .1)
     }
 
     /// `GET /endpoint/{id}/labels`.

@@ -124,6 +124,12 @@ pub struct AddressPair {
     pub ipv6: Option<IpAddr>,
 }
 
+impl AddressPair {
+    pub fn is_empty(&self) -> bool {
+        self.ipv4.is_none() && self.ipv6.is_none()
+    }
+}
+
 /// Reply of `POST /ipam`: the addresses allocated and the node addressing (router IPs) the
 /// caller needs to configure the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +248,10 @@ pub struct EndpointStatusChange {
     pub state: EndpointState,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The security identity of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -281,6 +291,21 @@ pub struct Endpoint {
     pub host_mac: String,
     #[serde(default)]
     pub addressing: AddressPair,
+    /// The router addresses the container routes through (on `cilium_host`); set for
+    /// endpoints the agent plumbed itself.
+    #[serde(default, skip_serializing_if = "AddressPair::is_empty")]
+    pub gateway: AddressPair,
+    /// The container's network namespace, as the runtime named it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns_path: String,
+    /// The interface inside the container (`CNI_IFNAME`); `interface-name` is the host side.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_interface_name: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtu: u32,
+    /// The CNI network (`name` of the network configuration) that attached this endpoint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cni_network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
     #[serde(default)]
@@ -324,6 +349,31 @@ pub struct EndpointChangeRequest {
     pub labels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<EndpointState>,
+    /// Network namespace of the container. When set on create, the agent plumbs the endpoint:
+    /// a veth pair with its peer inside this netns, addresses (allocated when `addressing` is
+    /// absent), routes and the router neighbour entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_path: Option<String>,
+    /// Name of the interface inside the container; default `eth0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_interface_name: Option<String>,
+    /// MTU of both ends of the veth pair; default 1500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The CNI network that attaches this endpoint (used by CNI GC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_network: Option<String>,
+}
+
+/// Reply of `GET /endpoint/{id}/healthz`: whether what the agent made for the endpoint is
+/// still in place (links, addresses, routes, neighbour entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointHealth {
+    pub connected: bool,
+    /// What is missing or wrong, one line each; empty when connected.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The label configuration of an endpoint (`GET /endpoint/{id}/labels`).

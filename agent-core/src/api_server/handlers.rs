@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cilium_api::models::{
@@ -23,6 +24,8 @@ use crate::daemon::{Agent, AgentError};
 use crate::endpoint::EndpointError;
 use crate::ipam::IpamError;
 use crate::labels::Label;
+use crate::link::LinkError;
+use crate::netns::NetnsError;
 
 /// A reply: status and JSON body.
 pub type Reply = Response<Full<Bytes>>;
@@ -80,6 +83,11 @@ pub fn status_of(e: &AgentError) -> u16 {
             | EndpointError::BadTransition { .. } => 400,
         },
         AgentError::AddressInUse { .. } => 409,
+        AgentError::Link(e) => match e {
+            LinkError::Exists { .. } => 409,
+            LinkError::Netns(NetnsError::Missing { .. } | NetnsError::NotNetns { .. }) => 400,
+            _ => 500,
+        },
         AgentError::State(_) => 500,
         AgentError::Option(_) | AgentError::Invalid(_) => 400,
     }
@@ -112,7 +120,7 @@ fn error_reply(status: u16, message: &str) -> Reply {
 }
 
 /// Serves one request. Never fails: every problem becomes an error reply.
-pub async fn handle<B>(agent: &Agent, request: Request<B>) -> Result<Reply, Infallible>
+pub async fn handle<B>(agent: Arc<Agent>, request: Request<B>) -> Result<Reply, Infallible>
 where
     B: Body,
     B::Error: Display + Send + Sync + 'static + std::error::Error,
@@ -140,15 +148,36 @@ where
             reply
         }
         Ok(route) => match read_body(request).await {
-            Ok(body) => match dispatch(agent, route, &method, &query, &body) {
-                Ok(reply) => reply,
-                Err(f) => error_reply(f.status, &f.message),
-            },
+            Ok(body) => {
+                let result = if touches_the_kernel(&route, &method) {
+                    // Netlink work (and the waits it involves) stays off the runtime's workers.
+                    let method = method.clone();
+                    tokio::task::spawn_blocking(move || {
+                        dispatch(&agent, route, &method, &query, &body)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Failure::new(500, format!("request failed: {e}"))))
+                } else {
+                    dispatch(&agent, route, &method, &query, &body)
+                };
+                match result {
+                    Ok(reply) => reply,
+                    Err(f) => error_reply(f.status, &f.message),
+                }
+            }
             Err(f) => error_reply(f.status, &f.message),
         },
     };
     tracing::debug!(%method, %path, status = reply.status().as_u16(), "api request");
     Ok(reply)
+}
+
+/// Requests that may create, delete or inspect links.
+fn touches_the_kernel(route: &Route, method: &Method) -> bool {
+    matches!(
+        (route, method),
+        (Route::Endpoint(_), &Method::PUT | &Method::DELETE) | (Route::EndpointHealth(_), _)
+    )
 }
 
 async fn read_body<B>(request: Request<B>) -> Result<Bytes, Failure>
@@ -346,6 +375,10 @@ fn dispatch(
                 200,
                 &agent.endpoint_labels_modify(&id, &modifier)?,
             ))
+        }
+        (Route::EndpointHealth(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.endpoint_health(&endpoint_id(&id)?)?))
         }
         (route, method) => Err(Failure::new(
             405,

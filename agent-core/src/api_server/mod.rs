@@ -189,7 +189,7 @@ impl ApiSocket {
                         tokio::spawn(async move {
                             let service = service_fn(move |request| {
                                 let agent = Arc::clone(&agent);
-                                async move { handlers::handle(&agent, request).await }
+                                async move { handlers::handle(agent, request).await }
                             });
                             let served = http1::Builder::new()
                                 .timer(TokioTimer::new())

@@ -46,6 +46,10 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/endpoint/{id}/labels",
         methods: &[Method::GET, Method::PUT],
     },
+    RouteSpec {
+        template: "/endpoint/{id}/healthz",
+        methods: &[Method::GET],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -59,6 +63,7 @@ pub enum Route {
     Endpoint(String),
     EndpointConfig(String),
     EndpointLabels(String),
+    EndpointHealth(String),
 }
 
 /// Why a path did not resolve.
@@ -91,6 +96,7 @@ impl Route {
             ["endpoint", id] => Ok(Route::Endpoint(param(id)?)),
             ["endpoint", id, "config"] => Ok(Route::EndpointConfig(param(id)?)),
             ["endpoint", id, "labels"] => Ok(Route::EndpointLabels(param(id)?)),
+            ["endpoint", id, "healthz"] => Ok(Route::EndpointHealth(param(id)?)),
             _ => Err(RouteError::NotFound),
         }
     }
@@ -106,6 +112,7 @@ impl Route {
             Route::Endpoint(_) => 5,
             Route::EndpointConfig(_) => 6,
             Route::EndpointLabels(_) => 7,
+            Route::EndpointHealth(_) => 8,
         };
         &ROUTES[index]
     }

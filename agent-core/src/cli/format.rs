@@ -126,6 +126,87 @@ pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
     out
 }
 
+/// `cilium endpoint get`: every field worth reading, one per line, then the status log.
+pub fn endpoint_detail(e: &Endpoint) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| {
+        if !value.is_empty() {
+            let _ = writeln!(out, "{:<22}{value}", format!("{name}:"));
+        }
+    };
+    field("Endpoint", e.id.to_string());
+    field("State", e.state.to_string());
+    field("Container ID", e.container_id.clone());
+    field("Container name", e.container_name.clone());
+    field("Pod", e.pod_name.clone());
+    field("Docker endpoint", e.docker_endpoint_id.clone());
+    field(
+        "Labels",
+        if e.labels.is_empty() {
+            "no labels".to_string()
+        } else {
+            e.labels.join(" ")
+        },
+    );
+    let address = |ip: Option<std::net::IpAddr>, gw: Option<std::net::IpAddr>| match (ip, gw) {
+        (Some(ip), Some(gw)) => format!("{ip} (gateway {gw})"),
+        (Some(ip), None) => ip.to_string(),
+        (None, _) => String::new(),
+    };
+    field("IPv4", address(e.addressing.ipv4, e.gateway.ipv4));
+    field("IPv6", address(e.addressing.ipv6, e.gateway.ipv6));
+    if !e.interface_name.is_empty() {
+        field(
+            "Host interface",
+            format!(
+                "{} (index {}, mac {})",
+                e.interface_name, e.interface_index, e.host_mac
+            ),
+        );
+    }
+    if !e.container_interface_name.is_empty() {
+        field(
+            "Container interface",
+            format!(
+                "{} in {} (mac {}, mtu {})",
+                e.container_interface_name, e.netns_path, e.mac, e.mtu
+            ),
+        );
+    }
+    field("CNI network", e.cni_network.clone());
+    field(
+        "Identity",
+        e.identity
+            .as_ref()
+            .map(|i| i.id.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    field(
+        "Policy enforcement",
+        if e.policy_enabled {
+            "Enabled"
+        } else {
+            "Disabled"
+        }
+        .to_string(),
+    );
+    if !e.status.is_empty() {
+        out.push_str("Status log:\n");
+        for s in &e.status {
+            let code = match s.code {
+                cilium_api::models::StatusCode::Ok => "OK",
+                cilium_api::models::StatusCode::Failure => "Failure",
+            };
+            let _ = writeln!(
+                out,
+                "  {}  {code:<7}  {:<20}  {}",
+                s.timestamp, s.state, s.message
+            );
+        }
+    }
+    out
+}
+
 /// Option maps: `Name   Value` lines.
 pub fn options(map: &ConfigurationMap) -> String {
     let width = map.keys().map(String::len).max().unwrap_or(0).max(18);
@@ -203,6 +284,11 @@ mod tests {
                 ipv4: Some("10.15.191.0".parse().unwrap()),
                 ipv6: Some("f00d::a00:20f:0:d25".parse().unwrap()),
             },
+            gateway: AddressPair::default(),
+            netns_path: String::new(),
+            container_interface_name: String::new(),
+            mtu: 0,
+            cni_network: String::new(),
             identity: Some(Identity {
                 id: 256,
                 labels: vec![],

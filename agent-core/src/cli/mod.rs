@@ -200,7 +200,7 @@ async fn run_endpoint(
         }
         EndpointCommand::Get { id } => {
             let endpoint = client.endpoint_get(&endpoint_id(&id)?).await?;
-            print_json(&endpoint);
+            show(output, &endpoint, format::endpoint_detail);
         }
         EndpointCommand::Delete { ids } => {
             let mut failed = false;

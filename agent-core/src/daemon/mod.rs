@@ -2,9 +2,11 @@
 //! change written to the state directory before it is acknowledged. The API server only
 //! turns requests into calls on this type.
 
+mod attach;
 mod process;
 mod restore;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -20,6 +22,7 @@ use crate::config::AgentConfig;
 use crate::endpoint::{owner_endpoint, EndpointError, EndpointRecord, Registry};
 use crate::ipam::{Ipam, IpamError, ROUTER_OWNER};
 use crate::labels::{Label, LabelError};
+use crate::link::LinkError;
 use crate::node::{AddressingReport, Node, NodeError};
 use crate::options::{OptionError, OptionSet};
 use crate::state::{StateDir, StateError};
@@ -47,6 +50,8 @@ pub enum AgentError {
     Invalid(String),
     #[error("address {ip} belongs to endpoint {endpoint}; delete the endpoint to release it")]
     AddressInUse { ip: IpAddr, endpoint: u16 },
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 impl From<LabelError> for AgentError {
@@ -76,6 +81,8 @@ pub struct DeleteOutcome {
 struct Inner {
     endpoints: Registry,
     state: StateDir,
+    /// Endpoints whose links are being built or removed right now (without the lock held).
+    attaching: HashSet<u16>,
 }
 
 /// The agent of this node.
@@ -85,6 +92,8 @@ pub struct Agent {
     ipam: Ipam,
     inner: Mutex<Inner>,
     options: Mutex<OptionSet>,
+    /// Whether `cilium_host` has been set up by this process.
+    host_ready: Mutex<bool>,
     debug_switch: DebugSwitch,
     /// Problems found while restoring state; shown by `cilium status`.
     warnings: Vec<String>,
@@ -118,8 +127,13 @@ impl Agent {
             config,
             node,
             ipam,
-            inner: Mutex::new(Inner { endpoints, state }),
+            inner: Mutex::new(Inner {
+                endpoints,
+                state,
+                attaching: HashSet::new(),
+            }),
             options: Mutex::new(options),
+            host_ready: Mutex::new(false),
             debug_switch,
             warnings,
         })
@@ -315,34 +329,24 @@ impl Agent {
         Ok(inner.endpoints.find(id)?.to_api())
     }
 
-    /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM.
+    /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM. With a
+    /// `netns-path`, the agent also allocates the addresses and builds the links.
     pub fn endpoint_create(
         &self,
         id: &EndpointId,
         mut req: EndpointChangeRequest,
     ) -> Result<Endpoint, AgentError> {
+        if req.netns_path.is_some() {
+            return self.endpoint_attach(id, req);
+        }
+        if req.container_interface_name.is_some() || req.mtu.is_some() {
+            return Err(AgentError::Invalid(
+                "container-interface-name and mtu need a netns-path".into(),
+            ));
+        }
         merge_path_id(id, &mut req)?;
         let mut inner = lock(&self.inner);
-        if let Ok(existing) = inner.endpoints.lookup(id) {
-            return Err(EndpointError::Conflict(format!(
-                "endpoint {id} already exists (endpoint {existing})"
-            ))
-            .into());
-        }
-        if req.id == Some(0) {
-            return Err(AgentError::Invalid("endpoint ids are 1-65535".into()));
-        }
-        if let Some(n) = req.id {
-            if inner.endpoints.contains(n) {
-                return Err(EndpointError::Conflict(format!("endpoint {n} already exists")).into());
-            }
-        }
-        let mut record = EndpointRecord::from_request(0, &req)?;
-        inner.endpoints.check_unique(&record)?;
-        record.id = match req.id {
-            Some(n) => n,
-            None => inner.endpoints.allocate_id()?,
-        };
+        let record = self.new_record(&mut inner, id, &req)?;
         let claims = self.claim_addresses(&inner, &record)?;
         let path = inner.state.endpoint_path(record.id);
         let saved = inner
@@ -360,6 +364,36 @@ impl Agent {
         let api = record.to_api();
         inner.endpoints.insert(record);
         Ok(api)
+    }
+
+    /// A validated record for a create request, with its id taken (not yet registered).
+    fn new_record(
+        &self,
+        inner: &mut Inner,
+        id: &EndpointId,
+        req: &EndpointChangeRequest,
+    ) -> Result<EndpointRecord, AgentError> {
+        if let Ok(existing) = inner.endpoints.lookup(id) {
+            return Err(EndpointError::Conflict(format!(
+                "endpoint {id} already exists (endpoint {existing})"
+            ))
+            .into());
+        }
+        if req.id == Some(0) {
+            return Err(AgentError::Invalid("endpoint ids are 1-65535".into()));
+        }
+        if let Some(n) = req.id {
+            if inner.endpoints.contains(n) {
+                return Err(EndpointError::Conflict(format!("endpoint {n} already exists")).into());
+            }
+        }
+        let mut record = EndpointRecord::from_request(0, req)?;
+        inner.endpoints.check_unique(&record)?;
+        record.id = match req.id {
+            Some(n) => n,
+            None => inner.endpoints.allocate_id()?,
+        };
+        Ok(record)
     }
 
     /// Makes every address of `record` owned by it in IPAM. All or nothing.
@@ -483,12 +517,46 @@ impl Agent {
         Ok(api)
     }
 
-    /// `DELETE /endpoint/{id}`: removes the endpoint and releases its addresses. The endpoint
-    /// is gone even when some cleanup fails; those failures are reported.
+    /// `DELETE /endpoint/{id}`: removes the endpoint, its links if the agent made them, and
+    /// releases its addresses. The endpoint is gone even when some cleanup fails; those
+    /// failures are reported.
     pub fn endpoint_delete(&self, id: &EndpointId) -> Result<DeleteOutcome, AgentError> {
+        let (n, plumbed) = {
+            let inner = lock(&self.inner);
+            match inner.endpoints.find(id) {
+                Ok(record) => (record.id, !record.plumbing.is_empty()),
+                Err(e) => {
+                    drop(inner);
+                    if matches!(e, EndpointError::NotFound(_)) {
+                        self.remove_stale_links(id);
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+        if plumbed {
+            return self.endpoint_detach(n);
+        }
+        let inner = lock(&self.inner);
+        if inner.attaching.contains(&n) {
+            return Err(EndpointError::Conflict(format!(
+                "endpoint {n} is being attached or deleted; try again"
+            ))
+            .into());
+        }
+        drop(inner);
+        self.forget_endpoint(n)
+    }
+
+    /// Removes endpoint `n` from the registry and the state directory and releases its
+    /// addresses.
+    fn forget_endpoint(&self, n: u16) -> Result<DeleteOutcome, AgentError> {
         let mut inner = lock(&self.inner);
-        let n = inner.endpoints.lookup(id)?;
-        let mut record = inner.endpoints.remove(n).ok_or_else(|| not_found(id))?;
+        inner.attaching.remove(&n);
+        let mut record = inner
+            .endpoints
+            .remove(n)
+            .ok_or_else(|| EndpointError::NotFound(n.to_string()))?;
         // Every state may go to disconnected.
         let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
         let tag = record.owner_tag();
@@ -567,10 +635,6 @@ impl Agent {
 struct Claim {
     ip: IpAddr,
     previous_owner: Option<String>,
-}
-
-fn not_found(id: &EndpointId) -> EndpointError {
-    EndpointError::NotFound(id.to_string())
 }
 
 /// Owners named by API callers must not impersonate the agent's own tags.

@@ -57,6 +57,31 @@ pub enum EndpointError {
     },
 }
 
+/// What the agent built for an endpoint it put on the network itself: the container side of
+/// the veth pair (the host side is `interface-name`/`interface-index`/`host-mac`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Plumbing {
+    #[serde(default)]
+    pub netns_path: String,
+    #[serde(default)]
+    pub container_interface_name: String,
+    #[serde(default)]
+    pub mtu: u32,
+    /// Router addresses the container routes through.
+    #[serde(default)]
+    pub gateway: AddressPair,
+    /// The CNI network that attached the endpoint, if CNI did.
+    #[serde(default)]
+    pub cni_network: String,
+}
+
+impl Plumbing {
+    pub fn is_empty(&self) -> bool {
+        self.netns_path.is_empty()
+    }
+}
+
 /// An endpoint as the agent keeps and persists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -82,6 +107,9 @@ pub struct EndpointRecord {
     pub host_mac: String,
     #[serde(default)]
     pub addressing: AddressPair,
+    /// Network plumbing the agent made for this endpoint (empty when it made none).
+    #[serde(default, skip_serializing_if = "Plumbing::is_empty")]
+    pub plumbing: Plumbing,
     #[serde(default)]
     pub labels: LabelConfiguration,
     pub state: EndpointState,
@@ -120,6 +148,7 @@ impl EndpointRecord {
             mac: String::new(),
             host_mac: String::new(),
             addressing: req.addressing.clone().unwrap_or_default(),
+            plumbing: Plumbing::default(),
             labels: LabelConfiguration::default(),
             state,
             status: VecDeque::new(),
@@ -307,6 +336,11 @@ impl EndpointRecord {
             mac: self.mac.clone(),
             host_mac: self.host_mac.clone(),
             addressing: self.addressing.clone(),
+            gateway: self.plumbing.gateway.clone(),
+            netns_path: self.plumbing.netns_path.clone(),
+            container_interface_name: self.plumbing.container_interface_name.clone(),
+            mtu: self.plumbing.mtu,
+            cni_network: self.plumbing.cni_network.clone(),
             identity: self.identity.clone(),
             policy_enabled: self.policy_enabled,
             policy_revision: self.policy_revision,

@@ -1,0 +1,307 @@
+//! Endpoints the agent puts on the network itself (CNI): create in three steps so that the
+//! netlink work runs without the agent lock held. (1) Under the lock: validate, take an id,
+//! allocate or claim the addresses, and register the endpoint as attaching. (2) Unlocked:
+//! build the veth pair, addresses and routes. (3) Under the lock: record the links and
+//! write the endpoint and IPAM state. A failure at any step undoes the steps before it.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use cilium_api::models::{
+    AddressPair, Endpoint, EndpointChangeRequest, EndpointHealth, EndpointState, Family,
+};
+use cilium_api::EndpointId;
+
+use super::{lock, merge_path_id, Agent, AgentError, Claim, DeleteOutcome};
+use crate::endpoint::{check_ifname, EndpointError, Plumbing};
+use crate::link::{self, Attachment};
+use crate::netns::Netns;
+
+/// Default MTU of endpoint links.
+pub const DEFAULT_MTU: u32 = 1500;
+/// Default interface name inside the container.
+pub const DEFAULT_IFNAME: &str = "eth0";
+
+/// What step (1) hands to step (2).
+struct Reserved {
+    id: u16,
+    claims: Vec<Claim>,
+    allocated: AddressPair,
+}
+
+impl Agent {
+    pub(super) fn routers(&self) -> AddressPair {
+        let router = |f| self.ipam.pool(f).ok().map(|p| p.router());
+        AddressPair {
+            ipv4: router(Family::Ipv4),
+            ipv6: router(Family::Ipv6),
+        }
+    }
+
+    /// `PUT /endpoint/{id}` with a `netns-path`: creates the endpoint and its plumbing.
+    pub(super) fn endpoint_attach(
+        &self,
+        id: &EndpointId,
+        mut req: EndpointChangeRequest,
+    ) -> Result<Endpoint, AgentError> {
+        merge_path_id(id, &mut req)?;
+        let netns_path = req.netns_path.clone().unwrap_or_default();
+        let ifname = req
+            .container_interface_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+        check_ifname(&ifname)?;
+        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
+        if !(68..=65535).contains(&mtu) {
+            return Err(AgentError::Invalid(format!(
+                "mtu {mtu} is outside 68-65535"
+            )));
+        }
+        let container_id = match req.container_id.as_deref() {
+            Some(c) if !c.is_empty() => c.to_string(),
+            _ => {
+                return Err(AgentError::Invalid(
+                    "an endpoint with a netns-path needs a container-id".into(),
+                ))
+            }
+        };
+        if req.interface_name.is_some()
+            || req.interface_index.is_some()
+            || req.mac.is_some()
+            || req.host_mac.is_some()
+        {
+            return Err(AgentError::Invalid(
+                "interface-name, interface-index, mac and host-mac are set by the agent when it \
+                 creates the links (netns-path given)"
+                    .into(),
+            ));
+        }
+        let netns = Netns::open(Path::new(&netns_path)).map_err(link::LinkError::from)?;
+        let host_name = link::host_link_name(&container_id);
+        let routers = self.routers();
+
+        let reserved = self.reserve_endpoint(
+            id,
+            &req,
+            Plumbing {
+                netns_path: netns_path.clone(),
+                container_interface_name: ifname.clone(),
+                mtu,
+                gateway: routers.clone(),
+                cni_network: req.cni_network.clone().unwrap_or_default(),
+            },
+        )?;
+        let addresses: Vec<IpAddr> = {
+            let inner = lock(&self.inner);
+            inner
+                .endpoints
+                .get(reserved.id)
+                .map(|r| r.addresses().collect())
+                .unwrap_or_default()
+        };
+        let router_list: Vec<IpAddr> = [routers.ipv4, routers.ipv6].into_iter().flatten().collect();
+
+        let built = self.ensure_host_device().and_then(|()| {
+            link::attach(&Attachment {
+                netns: &netns,
+                host_name: &host_name,
+                container_name: &ifname,
+                mtu,
+                addresses,
+                routers: router_list,
+            })
+            .map_err(AgentError::from)
+        });
+        let attached = match built {
+            Ok(a) => a,
+            Err(e) => {
+                self.abandon(&reserved);
+                return Err(e);
+            }
+        };
+
+        let mut inner = lock(&self.inner);
+        inner.attaching.remove(&reserved.id);
+        let Some(mut record) = inner.endpoints.get(reserved.id).cloned() else {
+            drop(inner);
+            let _ = link::detach(&host_name);
+            return Err(EndpointError::Conflict(format!(
+                "endpoint {} vanished while it was being attached",
+                reserved.id
+            ))
+            .into());
+        };
+        record.interface_name = attached.host.name.clone();
+        record.interface_index = attached.host.index;
+        record.host_mac = attached.host.mac.clone();
+        record.mac = attached.container.mac.clone();
+        record.log(
+            cilium_api::models::StatusCode::Ok,
+            &format!(
+                "attached: {} in node, {ifname} in {netns_path}",
+                attached.host.name
+            ),
+        );
+        let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
+        let path = inner.state.endpoint_path(record.id);
+        let saved = inner
+            .state
+            .write_json(&path, &record)
+            .and_then(|()| self.persist_ipam(&inner));
+        if let Err(e) = saved {
+            inner.endpoints.remove(record.id);
+            self.undo_claims(&reserved.claims);
+            self.ipam.release_pair(&reserved.allocated);
+            let _ = inner.state.remove(&path);
+            let _ = self.persist_ipam(&inner);
+            drop(inner);
+            let _ = link::detach(&host_name);
+            return Err(e.into());
+        }
+        tracing::info!(endpoint = record.id, container = %record.container_id, link = %record.interface_name, "endpoint attached");
+        let api = record.to_api();
+        inner.endpoints.insert(record);
+        Ok(api)
+    }
+
+    /// Step (1): register the endpoint (in memory only) with its addresses.
+    fn reserve_endpoint(
+        &self,
+        id: &EndpointId,
+        req: &EndpointChangeRequest,
+        plumbing: Plumbing,
+    ) -> Result<Reserved, AgentError> {
+        let mut inner = lock(&self.inner);
+        let mut record = self.new_record(&mut inner, id, req)?;
+        record.plumbing = plumbing;
+        record.state = EndpointState::Creating;
+        let (claims, allocated) = if record.addressing.is_empty() {
+            let pair = self.ipam.allocate(None, &record.owner_tag())?;
+            record.addressing = pair.clone();
+            (Vec::new(), pair)
+        } else {
+            (
+                self.claim_addresses(&inner, &record)?,
+                AddressPair::default(),
+            )
+        };
+        let id = record.id;
+        inner.attaching.insert(id);
+        inner.endpoints.insert(record);
+        Ok(Reserved {
+            id,
+            claims,
+            allocated,
+        })
+    }
+
+    /// Undoes step (1) after a failed step (2).
+    fn abandon(&self, reserved: &Reserved) {
+        let mut inner = lock(&self.inner);
+        inner.attaching.remove(&reserved.id);
+        inner.endpoints.remove(reserved.id);
+        self.undo_claims(&reserved.claims);
+        self.ipam.release_pair(&reserved.allocated);
+    }
+
+    /// Sets up `cilium_host` once per agent process (again after a failure).
+    fn ensure_host_device(&self) -> Result<(), AgentError> {
+        let mut ready = lock(&self.host_ready);
+        if !*ready {
+            let routers = self.routers();
+            let list: Vec<IpAddr> = [routers.ipv4, routers.ipv6].into_iter().flatten().collect();
+            link::ensure_host_device(&list)?;
+            *ready = true;
+        }
+        Ok(())
+    }
+
+    /// `DELETE /endpoint/{id}` of an endpoint with plumbing: removes the links first (without
+    /// the lock: deleting a veth pair waits for the kernel), then the record and addresses.
+    pub(super) fn endpoint_detach(&self, record_id: u16) -> Result<DeleteOutcome, AgentError> {
+        let host_name = {
+            let mut inner = lock(&self.inner);
+            if !inner.attaching.insert(record_id) {
+                return Err(EndpointError::Conflict(format!(
+                    "endpoint {record_id} is being attached or deleted; try again"
+                ))
+                .into());
+            }
+            inner
+                .endpoints
+                .get(record_id)
+                .map(|r| r.interface_name.clone())
+                .unwrap_or_default()
+        };
+        let mut errors = Vec::new();
+        if !host_name.is_empty() {
+            if let Err(e) = link::detach(&host_name) {
+                errors.push(e.to_string());
+            }
+        }
+        let mut outcome = self.forget_endpoint(record_id)?;
+        errors.append(&mut outcome.errors);
+        outcome.errors = errors;
+        Ok(outcome)
+    }
+
+    /// The links of a container whose endpoint is unknown (an attach cut short by a crash):
+    /// removed so the runtime's retry or DEL finds a clean node.
+    pub(super) fn remove_stale_links(&self, id: &EndpointId) {
+        if let EndpointId::ContainerId(cid) = id {
+            let name = link::host_link_name(cid);
+            match link::detach(&name) {
+                Ok(true) => {
+                    tracing::info!(link = %name, "removed the links of an unknown endpoint")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(link = %name, "no stale links removed: {e}"),
+            }
+        }
+    }
+
+    /// `GET /endpoint/{id}/healthz`.
+    pub fn endpoint_health(&self, id: &EndpointId) -> Result<EndpointHealth, AgentError> {
+        let record = {
+            let inner = lock(&self.inner);
+            let record = inner.endpoints.find(id)?;
+            if inner.attaching.contains(&record.id) {
+                return Ok(EndpointHealth {
+                    connected: false,
+                    problems: vec![format!(
+                        "endpoint {} is being attached or deleted",
+                        record.id
+                    )],
+                });
+            }
+            record.clone()
+        };
+        if record.plumbing.is_empty() {
+            return Ok(EndpointHealth {
+                connected: false,
+                problems: vec![format!(
+                    "endpoint {} has no links made by the agent (created without netns-path)",
+                    record.id
+                )],
+            });
+        }
+        let problems = match Netns::open(Path::new(&record.plumbing.netns_path)) {
+            Err(e) => vec![e.to_string()],
+            Ok(netns) => link::inspect(&Attachment {
+                netns: &netns,
+                host_name: &record.interface_name,
+                container_name: &record.plumbing.container_interface_name,
+                mtu: record.plumbing.mtu,
+                addresses: record.addresses().collect(),
+                routers: [record.plumbing.gateway.ipv4, record.plumbing.gateway.ipv6]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            }),
+        };
+        Ok(EndpointHealth {
+            connected: problems.is_empty(),
+            problems,
+        })
+    }
+}
