@@ -527,3 +527,23 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
         "only lo may be left in the container: {inside}"
     );
 }
+
+#[test]
+fn traffic_flows_where_docker_set_the_forward_policy_to_drop() {
+    if !require_root("traffic_flows_where_docker_set_the_forward_policy_to_drop") {
+        return;
+    }
+    let node = Node::start("cnd");
+    // What dockerd does on its hosts.
+    node.sh(&["iptables", "-P", "FORWARD", "DROP"]);
+    node.sh(&["ip6tables", "-P", "FORWARD", "DROP"]);
+    let a = Netns::new("cnda");
+    let b = Netns::new("cndb");
+    node.add(&a);
+    let (b4, b6) = result_ips(&node.add(&b));
+    let in_a = ["ip", "netns", "exec", a.name.as_str()];
+    assert!(ping(&in_a, &b4), "ICMP over IPv4 through a DROP FORWARD policy");
+    assert!(ping(&in_a, &b6), "ICMP over IPv6 through a DROP FORWARD policy");
+    let rules = node.sh(&["iptables", "-S", "FORWARD"]);
+    assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+}

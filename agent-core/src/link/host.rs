@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use super::rtnl::Rtnl;
-use super::{sysctl, LinkError};
+use super::{firewall, sysctl, LinkError};
 
 /// The device that holds the router addresses.
 pub const HOST_DEVICE: &str = "cilium_host";
@@ -12,7 +12,8 @@ pub const HOST_DEVICE: &str = "cilium_host";
 pub const HOST_PEER: &str = "cilium_net";
 
 /// Creates (if missing) and brings up `cilium_host`/`cilium_net`, puts the router addresses
-/// on `cilium_host` (`/32`, `/128`) and turns forwarding on. Idempotent.
+/// on `cilium_host` (`/32`, `/128`), turns forwarding on and lets endpoint traffic through
+/// the `FORWARD` chain. Idempotent.
 pub fn ensure_host_device(routers: &[IpAddr]) -> Result<(), LinkError> {
     let mut node = Rtnl::node()?;
     if node.link(HOST_DEVICE)?.is_none() {
@@ -39,5 +40,6 @@ pub fn ensure_host_device(routers: &[IpAddr]) -> Result<(), LinkError> {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         node.add_address(host.index, *ip, prefix)?;
     }
-    sysctl::enable_forwarding()
+    sysctl::enable_forwarding()?;
+    firewall::allow_endpoint_forwarding(routers.iter().any(IpAddr::is_ipv6))
 }

@@ -3,6 +3,7 @@
 //! [`message`] and [`socket`], typed operations in [`rtnl`].
 
 mod attach;
+mod firewall;
 mod host;
 pub mod message;
 pub mod rtnl;
@@ -39,6 +40,8 @@ pub enum LinkError {
     Sysctl { path: PathBuf, source: io::Error },
     #[error("invalid MAC address {0}")]
     BadMac(String),
+    #[error("cannot install the FORWARD accept rules: {0}")]
+    Firewall(String),
 }
 
 impl std::error::Error for NetlinkFailure {
