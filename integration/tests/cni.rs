@@ -11,12 +11,13 @@ use integration::{bin, require_root, Netns};
 use serde_json::{json, Value};
 
 fn endpoints(node: &Node) -> Vec<Endpoint> {
-    serde_json::from_str(&node.agent.cli(&["-o", "json", "endpoint", "list"]).ok()).unwrap()
+    serde_json::from_str(&node.agent.cli(&["-o", "json", "endpoint", "list"]).ok())
+        .expect("endpoint list JSON")
 }
 
 fn allocated(node: &Node) -> Vec<String> {
     let status: StatusResponse =
-        serde_json::from_str(&node.agent.cli(&["-o", "json", "status"]).ok()).unwrap();
+        serde_json::from_str(&node.agent.cli(&["-o", "json", "status"]).ok()).expect("status JSON");
     let mut all = status.ipam.ipv4;
     all.extend(status.ipam.ipv6);
     all
@@ -72,8 +73,8 @@ fn result_ips(result: &Value) -> (String, String) {
     let mut v4 = String::new();
     let mut v6 = String::new();
     for ip in result["ips"].as_array().expect("ips") {
-        let addr = ip["address"].as_str().unwrap();
-        let bare = addr.split('/').next().unwrap().to_string();
+        let addr = ip["address"].as_str().expect("ips[].address");
+        let bare = addr.split('/').next().unwrap_or(addr).to_string();
         if bare.contains(':') {
             assert!(addr.ends_with("/128"), "{addr}");
             v6 = bare;
@@ -247,7 +248,7 @@ fn tcp_hello(from: &[&str], ip: &str, port: &str) -> String {
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .expect("run busybox nc");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -257,7 +258,7 @@ fn ping(from: &[&str], ip: &str) -> bool {
     Command::new(args[0])
         .args(&args[1..])
         .output()
-        .unwrap()
+        .expect("run ping")
         .status
         .success()
 }
@@ -542,8 +543,14 @@ fn traffic_flows_where_docker_set_the_forward_policy_to_drop() {
     node.add(&a);
     let (b4, b6) = result_ips(&node.add(&b));
     let in_a = ["ip", "netns", "exec", a.name.as_str()];
-    assert!(ping(&in_a, &b4), "ICMP over IPv4 through a DROP FORWARD policy");
-    assert!(ping(&in_a, &b6), "ICMP over IPv6 through a DROP FORWARD policy");
+    assert!(
+        ping(&in_a, &b4),
+        "ICMP over IPv4 through a DROP FORWARD policy"
+    );
+    assert!(
+        ping(&in_a, &b6),
+        "ICMP over IPv6 through a DROP FORWARD policy"
+    );
     let rules = node.sh(&["iptables", "-S", "FORWARD"]);
     assert!(rules.contains("-P FORWARD DROP"), "{rules}");
 }
