@@ -125,6 +125,7 @@ pub struct AddressPair {
 }
 
 impl AddressPair {
+    /// Neither family has an address.
     pub fn is_empty(&self) -> bool {
         self.ipv4.is_none() && self.ipv6.is_none()
     }

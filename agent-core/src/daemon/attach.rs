@@ -143,16 +143,10 @@ impl Agent {
             ),
         );
         let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
-        let path = inner.state.endpoint_path(record.id);
-        let saved = inner
-            .state
-            .write_json(&path, &record)
-            .and_then(|()| self.persist_ipam(&inner));
-        if let Err(e) = saved {
+        if let Err(e) = self.persist_new_endpoint(&inner, &record) {
             inner.endpoints.remove(record.id);
             self.undo_claims(&reserved.claims);
             self.ipam.release_pair(&reserved.allocated);
-            let _ = inner.state.remove(&path);
             let _ = self.persist_ipam(&inner);
             drop(inner);
             let _ = link::detach(&host_name);
@@ -172,9 +166,12 @@ impl Agent {
         plumbing: Plumbing,
     ) -> Result<Reserved, AgentError> {
         let mut inner = lock(&self.inner);
-        let mut record = self.new_record(&mut inner, id, req)?;
+        let req = EndpointChangeRequest {
+            state: Some(EndpointState::Creating),
+            ..req.clone()
+        };
+        let mut record = self.new_record(&mut inner, id, &req)?;
         record.plumbing = plumbing;
-        record.state = EndpointState::Creating;
         let (claims, allocated) = if record.addressing.is_empty() {
             let pair = self.ipam.allocate(None, &record.owner_tag())?;
             record.addressing = pair.clone();

@@ -348,15 +348,8 @@ impl Agent {
         let mut inner = lock(&self.inner);
         let record = self.new_record(&mut inner, id, &req)?;
         let claims = self.claim_addresses(&inner, &record)?;
-        let path = inner.state.endpoint_path(record.id);
-        let saved = inner
-            .state
-            .write_json(&path, &record)
-            .and_then(|()| self.persist_ipam(&inner));
-        if let Err(e) = saved {
+        if let Err(e) = self.persist_new_endpoint(&inner, &record) {
             self.undo_claims(&claims);
-            // Best effort: a leftover file would be reconciled away at the next start anyway.
-            let _ = inner.state.remove(&path);
             let _ = self.persist_ipam(&inner);
             return Err(e.into());
         }
@@ -364,6 +357,25 @@ impl Agent {
         let api = record.to_api();
         inner.endpoints.insert(record);
         Ok(api)
+    }
+
+    /// Writes a new endpoint's file and the IPAM state. On failure the file is removed again
+    /// (best effort: a leftover would be reconciled away at the next start anyway); the caller
+    /// undoes its in-memory changes and saves IPAM once more.
+    fn persist_new_endpoint(
+        &self,
+        inner: &Inner,
+        record: &EndpointRecord,
+    ) -> Result<(), StateError> {
+        let path = inner.state.endpoint_path(record.id);
+        let saved = inner
+            .state
+            .write_json(&path, record)
+            .and_then(|()| self.persist_ipam(inner));
+        if saved.is_err() {
+            let _ = inner.state.remove(&path);
+        }
+        saved
     }
 
     /// A validated record for a create request, with its id taken (not yet registered).
