@@ -6,14 +6,16 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use cilium_api::models::{
     AddressPair, Endpoint, EndpointChangeRequest, EndpointHealth, EndpointState, Family,
 };
 use cilium_api::EndpointId;
 
-use super::{lock, merge_path_id, Agent, AgentError, Claim, DeleteOutcome};
+use super::{lock, merge_path_id, save_ipam, Agent, AgentError, Claim, DeleteOutcome, Inner};
 use crate::endpoint::{check_ifname, EndpointError, Plumbing};
+use crate::ipam::Ipam;
 use crate::link::{self, Attachment};
 use crate::netns::Netns;
 
@@ -21,6 +23,38 @@ use crate::netns::Netns;
 pub const DEFAULT_MTU: u32 = 1500;
 /// Default interface name inside the container.
 pub const DEFAULT_IFNAME: &str = "eth0";
+
+/// The background half of deleting an attached endpoint.
+struct Teardown {
+    link_index: u32,
+    link_name: String,
+    owner: String,
+    addresses: Vec<IpAddr>,
+    ipam: Arc<Ipam>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Teardown {
+    fn run(self) {
+        // By index: a new endpoint of the same container may already use the name.
+        if self.link_index != 0 {
+            if let Err(e) = link::detach_index(self.link_index) {
+                tracing::warn!(link = %self.link_name, "cannot delete the links: {e}");
+            }
+        }
+        let inner = lock(&self.inner);
+        for ip in &self.addresses {
+            if self.ipam.owner(ip).as_deref() == Some(self.owner.as_str()) {
+                if let Err(e) = self.ipam.release(*ip) {
+                    tracing::warn!(%ip, "cannot release: {e}");
+                }
+            }
+        }
+        if let Err(e) = save_ipam(&self.ipam, &inner) {
+            tracing::warn!("cannot save IPAM after a teardown: {e}");
+        }
+    }
+}
 
 /// What step (1) hands to step (2).
 struct Reserved {
@@ -213,33 +247,50 @@ impl Agent {
         Ok(())
     }
 
-    /// `DELETE /endpoint/{id}` of an endpoint with plumbing: removes the links first (without
-    /// the lock: deleting a veth pair waits for the kernel), then the record and addresses.
-    pub(super) fn endpoint_detach(&self, record_id: u16) -> Result<DeleteOutcome, AgentError> {
-        let host_name = {
-            let mut inner = lock(&self.inner);
-            if !inner.attaching.insert(record_id) {
-                return Err(EndpointError::Conflict(format!(
-                    "endpoint {record_id} is being attached or deleted; try again"
-                ))
-                .into());
-            }
-            inner
-                .endpoints
-                .get(record_id)
-                .map(|r| r.interface_name.clone())
-                .unwrap_or_default()
-        };
-        let mut errors = Vec::new();
-        if !host_name.is_empty() {
-            if let Err(e) = link::detach(&host_name) {
-                errors.push(e.to_string());
-            }
+    /// `DELETE /endpoint/{id}` of an endpoint with plumbing. The endpoint is forgotten at
+    /// once (registry and state file); its veth pair is deleted on a background thread,
+    /// because the kernel's teardown of a veth pair waits for RCU grace periods (20-50 ms
+    /// here) while nothing else needs to wait for it. Its addresses stay allocated until the
+    /// links are gone, so no new endpoint can get an address whose route still exists. An
+    /// agent stopped in between releases them at its next start (endpoint files and IPAM are
+    /// reconciled).
+    pub(super) fn endpoint_detach(&self, n: u16) -> Result<DeleteOutcome, AgentError> {
+        let mut inner = lock(&self.inner);
+        if inner.attaching.contains(&n) {
+            return Err(EndpointError::Conflict(format!(
+                "endpoint {n} is being attached; try again"
+            ))
+            .into());
         }
-        let mut outcome = self.forget_endpoint(record_id)?;
-        errors.append(&mut outcome.errors);
-        outcome.errors = errors;
-        Ok(outcome)
+        let mut record = inner
+            .endpoints
+            .remove(n)
+            .ok_or_else(|| EndpointError::NotFound(n.to_string()))?;
+        let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
+        let mut errors = Vec::new();
+        if let Err(e) = inner.state.remove(&inner.state.endpoint_path(n)) {
+            errors.push(e.to_string());
+        }
+        drop(inner);
+        let teardown = Teardown {
+            link_index: record.interface_index,
+            link_name: record.interface_name.clone(),
+            owner: record.owner_tag(),
+            addresses: record.addresses().collect(),
+            ipam: Arc::clone(&self.ipam),
+            inner: Arc::clone(&self.inner),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("teardown-{n}"))
+            .spawn(move || teardown.run());
+        if let Err(e) = spawned {
+            errors.push(format!("cannot start the teardown of endpoint {n}: {e}"));
+        }
+        tracing::info!(endpoint = n, link = %record.interface_name, "endpoint deleted");
+        Ok(DeleteOutcome {
+            endpoint: record.to_api(),
+            errors,
+        })
     }
 
     /// The links of a container whose endpoint is unknown (an attach cut short by a crash):

@@ -8,7 +8,7 @@ mod restore;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cilium_api::endpoint_id::validate_name;
 use cilium_api::models::{
@@ -89,8 +89,8 @@ struct Inner {
 pub struct Agent {
     config: AgentConfig,
     node: Node,
-    ipam: Ipam,
-    inner: Mutex<Inner>,
+    ipam: Arc<Ipam>,
+    inner: Arc<Mutex<Inner>>,
     options: Mutex<OptionSet>,
     /// Whether `cilium_host` has been set up by this process.
     host_ready: Mutex<bool>,
@@ -126,12 +126,12 @@ impl Agent {
         Ok(Agent {
             config,
             node,
-            ipam,
-            inner: Mutex::new(Inner {
+            ipam: Arc::new(ipam),
+            inner: Arc::new(Mutex::new(Inner {
                 endpoints,
                 state,
                 attaching: HashSet::new(),
-            }),
+            })),
             options: Mutex::new(options),
             host_ready: Mutex::new(false),
             debug_switch,
@@ -251,9 +251,7 @@ impl Agent {
     // ---- IPAM ----
 
     fn persist_ipam(&self, inner: &Inner) -> Result<(), StateError> {
-        inner
-            .state
-            .write_json(&inner.state.ipam_path(), &self.ipam.to_state())
+        save_ipam(&self.ipam, inner)
     }
 
     /// `POST /ipam`.
@@ -640,6 +638,12 @@ impl Agent {
         self.save_endpoint(&mut inner, updated)?;
         Ok(options)
     }
+}
+
+fn save_ipam(ipam: &Ipam, inner: &Inner) -> Result<(), StateError> {
+    inner
+        .state
+        .write_json(&inner.state.ipam_path(), &ipam.to_state())
 }
 
 /// An address claimed for an endpoint, with whom it belonged to before.

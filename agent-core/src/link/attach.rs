@@ -162,6 +162,11 @@ pub fn detach(host_name: &str) -> Result<bool, LinkError> {
     Rtnl::node()?.delete_link(host_name)
 }
 
+/// Like [`detach`], naming the host side by its interface index.
+pub fn detach_index(index: u32) -> Result<bool, LinkError> {
+    Rtnl::node()?.delete_link_index(index)
+}
+
 /// Checks that everything [`attach`] built is still there and as built. Returns what is
 /// missing or wrong, one line each; empty when all is well.
 pub fn inspect(a: &Attachment<'_>) -> Vec<String> {

@@ -13,7 +13,7 @@ mod sysctl;
 use std::io;
 use std::path::PathBuf;
 
-pub use attach::{attach, detach, inspect, Attached, Attachment};
+pub use attach::{attach, detach, detach_index, inspect, Attached, Attachment};
 pub use host::{ensure_host_device, HOST_DEVICE, HOST_PEER};
 
 use crate::netns::NetnsError;

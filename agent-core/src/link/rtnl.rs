@@ -206,6 +206,16 @@ impl Rtnl {
         }
     }
 
+    /// Deletes the link with interface index `index`. `Ok(false)` if there was none.
+    pub fn delete_link_index(&mut self, index: u32) -> Result<bool, LinkError> {
+        let req = Request::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        match self.socket.execute(&req) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENODEV)) => Ok(false),
+            Err(e) => Err(self.fail("delete link", format!("#{index}"), e)),
+        }
+    }
+
     /// Adds `ip/prefix` to the link; IPv6 addresses skip duplicate address detection.
     /// `Ok(false)` when the address was already there.
     pub fn add_address(&mut self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, LinkError> {
