@@ -371,8 +371,9 @@ impl Setup {
         (0..n).map(|i| format!("bench-{base}-{tag}-{i}")).collect()
     }
 
-    /// Sequential ADDs, then their DELs; returns the samples.
-    fn sequential(&self, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    /// Sequential ADDs, then their DELs; returns the samples and, for the agent, how long
+    /// after the last DEL returned its background teardown had released every address.
+    fn sequential(&self, n: usize) -> (Vec<Duration>, Vec<Duration>, Option<Duration>) {
         let warm = Setup::containers(WARMUP);
         for (id, c) in self.ids("warm", WARMUP).iter().zip(&warm) {
             self.plugin.add(id, c);
@@ -401,8 +402,25 @@ impl Setup {
             .zip(&containers)
             .map(|(id, c)| self.plugin.del(id, c))
             .collect();
+        let last_del = Instant::now();
         self.check_endpoints(0);
-        (adds, dels)
+        let drained = self.agent.as_ref().map(|agent| {
+            let deadline = last_del + Duration::from_secs(60);
+            loop {
+                let (_, body) = agent.agent.http("GET", "/healthz", None);
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                let held = ["ipv4", "ipv6"]
+                    .iter()
+                    .map(|f| v["ipam"][f].as_array().map_or(0, Vec::len))
+                    .sum::<usize>();
+                // Only the two router addresses left.
+                if held <= 2 || Instant::now() > deadline {
+                    return last_del.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        (adds, dels, drained)
     }
 
     /// `CONCURRENT` ADDs at once, then the DELs at once; returns the wall times.
@@ -589,12 +607,16 @@ fn main() {
     let ptp = Setup::reference("ptp + host-local", "ptp", "10.25.0.0/16");
 
     let mut rows = Vec::new();
+    let mut drains = Vec::new();
     for setup in [&cilium_tmpfs, &cilium_disk, &bridge, &ptp] {
         eprintln!(
             "bench-cni: {} ({n} ADDs, then {n} DELs)...",
             setup.plugin.label
         );
-        let (adds, dels) = setup.sequential(n);
+        let (adds, dels, drained) = setup.sequential(n);
+        if let Some(d) = drained {
+            drains.push((setup.plugin.label.clone(), d));
+        }
         rows.push(Row {
             label: setup.plugin.label.clone(),
             add: stats(adds),
@@ -629,6 +651,13 @@ fn main() {
         show(floor.p50),
         show(floor.p99)
     );
+    for (label, d) in &drains {
+        println!(
+            "  {label}: DEL replies once the endpoint is forgotten; the kernel's veth teardown \
+             runs after it, and every address was released {} after the last DEL returned",
+            show(*d)
+        );
+    }
     println!();
     println!("ratios cilium-cni / reference (below 1 = cilium-cni faster)");
     println!(
