@@ -93,9 +93,18 @@ impl Invocation {
     }
 }
 
-/// Execs `plugin` with the invocation's environment and `config` on stdin.
-pub fn exec_plugin(plugin: &Path, inv: &Invocation, config: &str) -> PluginRun {
-    let mut cmd = Command::new(plugin);
+/// The command a runtime would exec for `inv`: `plugin` (inside network namespace `netns`
+/// when given, through `ip netns exec`) with exactly the `CNI_*` environment, pipes on all
+/// three streams.
+pub fn plugin_command(plugin: &Path, netns: Option<&str>, inv: &Invocation) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(plugin);
+            c
+        }
+        None => Command::new(plugin),
+    };
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", &inv.command)
@@ -114,19 +123,29 @@ pub fn exec_plugin(plugin: &Path, inv: &Invocation, config: &str) -> PluginRun {
             cmd.env(key, v);
         }
     }
+    cmd
+}
+
+/// Runs a command made by [`plugin_command`] with `config` on stdin.
+pub fn run_plugin(mut cmd: Command, config: &str) -> PluginRun {
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("exec {}: {e}", plugin.display()));
-    let mut stdin = child.stdin.take().expect("stdin");
-    // A plugin may exit before reading (e.g. a bad environment): ignore a broken pipe.
-    let _ = stdin.write_all(config.as_bytes());
-    drop(stdin);
+        .unwrap_or_else(|e| panic!("exec {:?}: {e}", cmd.get_program()));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A plugin may exit before reading (e.g. a bad environment): ignore a broken pipe.
+        let _ = stdin.write_all(config.as_bytes());
+    }
     let out = child.wait_with_output().expect("wait for plugin");
     PluginRun {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Execs `plugin` with the invocation's environment and `config` on stdin.
+pub fn exec_plugin(plugin: &Path, inv: &Invocation, config: &str) -> PluginRun {
+    run_plugin(plugin_command(plugin, None, inv), config)
 }
 
 /// A node: a fresh network namespace running its own agent (fixed ranges 10.23.0.0/16 and

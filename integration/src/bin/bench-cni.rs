@@ -17,15 +17,14 @@
 //! mount, temp dirs) is also registered with a panic hook that removes it.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use integration::cni::{Invocation, PluginRun};
+use integration::cni::{plugin_command, run_plugin, Invocation, PluginRun};
 use integration::{bin, require_root, Agent, AgentOptions, Netns};
 use serde_json::{json, Value};
 
@@ -216,42 +215,10 @@ struct Plugin {
 impl Plugin {
     /// Execs the plugin in the node namespace; returns how long until it exited.
     fn exec(&self, inv: &Invocation) -> (Duration, PluginRun) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node])
-            .arg(&self.exe)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", &inv.command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let optional = [
-            ("CNI_CONTAINERID", &inv.container_id),
-            ("CNI_NETNS", &inv.netns),
-            ("CNI_IFNAME", &inv.ifname),
-            ("CNI_ARGS", &inv.args),
-            ("CNI_PATH", &inv.path),
-        ];
-        for (key, value) in optional {
-            if let Some(v) = value {
-                cmd.env(key, v);
-            }
-        }
+        let cmd = plugin_command(&self.exe, Some(&self.node), inv);
         let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("exec {}: {e}", self.exe.display()));
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(self.config.as_bytes());
-        }
-        let out = child.wait_with_output().expect("wait for plugin");
-        let elapsed = start.elapsed();
-        let run = PluginRun {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        (elapsed, run)
+        let run = run_plugin(cmd, &self.config);
+        (start.elapsed(), run)
     }
 
     fn invocation(command: &str, id: &str, container: &Ns) -> Invocation {
