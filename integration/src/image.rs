@@ -33,6 +33,24 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
+/// Tars `entries` of `dir` into `out`: root-owned, sorted names, fixed times, so the same
+/// input always gives the same digest.
+fn reproducible_tar(dir: &Path, out: &Path, entries: &[&str]) {
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+        ])
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .args(entries));
+}
+
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -116,19 +134,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
 
     // The layer: uncompressed, root-owned, reproducible (sorted names, fixed times).
     let layer_path = scratch.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-C",
-        ])
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer_path)
-        .arg("."));
+    reproducible_tar(&rootfs, &layer_path, &["."]);
     // Uncompressed, so the diff id (digest of the uncompressed layer) is the blob digest.
     let layer = add_blob(&oci, &layer_path, MEDIA_LAYER);
     let diff_id = layer["digest"].clone();
@@ -174,19 +180,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
         .expect("oci-layout");
 
     let archive = dir.join("cilium-busybox.oci.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-C",
-        ])
-        .arg(&oci)
-        .arg("-cf")
-        .arg(&archive)
-        .args(["oci-layout", "index.json", "blobs"]));
+    reproducible_tar(&oci, &archive, &["oci-layout", "index.json", "blobs"]);
     // The archive holds everything; the build tree is no longer needed.
     let _ = std::fs::remove_dir_all(&scratch);
     archive
