@@ -41,12 +41,14 @@ test: lint build
 	@install/deps.sh $(TEST_PACKAGES)
 	$(CARGO) test --workspace
 
-# Side-by-side measurements (not tests): agent API vs the reference host-local IPAM plugin.
+# Side-by-side measurements (not tests): agent API vs host-local IPAM, cilium-cni vs the
+# reference plugins, policy resolution vs an address-based iptables rule set.
 bench: deps
 	@install/deps.sh $(TEST_PACKAGES)
 	$(CARGO) build --release -p agent-core -p cilium-cni --bins
 	$(CARGO) run --release -p integration --bin bench-ipam
 	$(CARGO) run --release -p integration --bin bench-cni
+	$(CARGO) run --release -p integration --bin bench-policy
 
 clean:
 	$(CARGO) clean

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use cilium_api::models::Family;
 
 /// A network prefix whose host bits are zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     network: IpAddr,
     prefix: u8,

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 use crate::cidr::Cidr;
+use crate::labels::LabelFilter;
 use crate::options::parse_switch;
+use crate::policy::Enforcement;
 
 pub const DEFAULT_SOCKET_PATH: &str = cilium_api::DEFAULT_SOCKET_PATH;
 pub const DEFAULT_STATE_DIR: &str = "/var/run/cilium/state";
@@ -92,6 +94,24 @@ pub struct AgentArgs {
     #[arg(long, env = "CILIUM_RESTORE", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = switch)]
     pub restore: Option<bool>,
+    /// Policy enforcement: default (once a rule selects an endpoint), always, never
+    #[arg(long, env = "CILIUM_ENABLE_POLICY", value_name = "MODE")]
+    pub enable_policy: Option<String>,
+    /// Identity-relevant label prefixes, `[!][source:]prefix`, comma-separated or repeated
+    /// (`!` excludes) [default: all labels but volatile orchestration ones]
+    #[arg(
+        long,
+        env = "CILIUM_LABELS",
+        value_name = "PREFIXES",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
+    /// File of identity-relevant label prefixes, one per line
+    #[arg(long, env = "CILIUM_LABEL_PREFIX_FILE", value_name = "FILE")]
+    pub label_prefix_file: Option<PathBuf>,
+    /// Key-value store backend [default: embedded]
+    #[arg(long, env = "CILIUM_KVSTORE", value_name = "BACKEND")]
+    pub kvstore: Option<String>,
 }
 
 /// Keys a config file may hold.
@@ -106,6 +126,10 @@ const FILE_KEYS: &[&str] = &[
     "node-name",
     "debug",
     "restore",
+    "enable-policy",
+    "labels",
+    "label-prefix-file",
+    "kvstore",
 ];
 
 /// The effective configuration.
@@ -123,6 +147,11 @@ pub struct AgentConfig {
     pub debug: bool,
     pub restore: bool,
     pub config_file: Option<PathBuf>,
+    pub enable_policy: Enforcement,
+    /// The identity-relevant labels (`--labels`, `--label-prefix-file`).
+    pub label_filter: LabelFilter,
+    /// Key-value store backend (only `embedded` so far).
+    pub kvstore: String,
 }
 
 impl AgentConfig {
@@ -140,6 +169,9 @@ impl AgentConfig {
             debug: false,
             restore: true,
             config_file: None,
+            enable_policy: Enforcement::Default,
+            label_filter: LabelFilter::default(),
+            kvstore: "embedded".to_string(),
         }
     }
 }
@@ -208,7 +240,53 @@ impl AgentArgs {
                 });
             }
         }
+        let enable_policy = match text(self.enable_policy, "enable-policy") {
+            None => Enforcement::Default,
+            Some(v) => Enforcement::parse(&v).ok_or_else(|| ConfigError::Invalid {
+                key: "enable-policy",
+                reason: format!("'{v}' is not a mode (expected default, always or never)"),
+            })?,
+        };
+        let mut label_entries = self.labels;
+        if label_entries.is_empty() {
+            if let Some(v) = file.get("labels") {
+                label_entries.push(v.clone());
+            }
+        }
+        let prefix_file = self
+            .label_prefix_file
+            .or_else(|| file.get("label-prefix-file").map(PathBuf::from));
+        let label_filter =
+            LabelFilter::new(&label_entries, prefix_file.as_deref()).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "labels",
+                    reason: e.to_string(),
+                }
+            })?;
+        let kvstore = text(self.kvstore, "kvstore").unwrap_or_else(|| "embedded".into());
+        match kvstore.as_str() {
+            "embedded" => {}
+            "etcd" | "consul" => {
+                return Err(ConfigError::Invalid {
+                    key: "kvstore",
+                    reason: format!(
+                        "the {kvstore} backend is not available in this build yet; use embedded"
+                    ),
+                })
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "kvstore",
+                    reason: format!(
+                        "unknown backend '{other}' (expected embedded, etcd or consul)"
+                    ),
+                })
+            }
+        }
         Ok(AgentConfig {
+            enable_policy,
+            label_filter,
+            kvstore,
             socket_path: path(self.socket_path, "socket-path", DEFAULT_SOCKET_PATH),
             state_dir: path(self.state_dir, "state-dir", DEFAULT_STATE_DIR),
             ipv4_range: cidr(text(self.ipv4_range, "ipv4-range"), "ipv4-range", "ipv4")?,

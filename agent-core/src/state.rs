@@ -15,6 +15,7 @@ use crate::timestamp;
 
 const LOCK_FILE: &str = "agent.lock";
 const IPAM_FILE: &str = "ipam.json";
+const POLICY_FILE: &str = "policy.json";
 const ENDPOINTS_DIR: &str = "endpoints";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -97,6 +98,11 @@ impl StateDir {
 
     pub fn ipam_path(&self) -> PathBuf {
         self.root.join(IPAM_FILE)
+    }
+
+    /// The policy repository (rules and revision).
+    pub fn policy_path(&self) -> PathBuf {
+        self.root.join(POLICY_FILE)
     }
 
     pub fn endpoint_path(&self, id: u16) -> PathBuf {
@@ -198,6 +204,9 @@ impl StateDir {
     /// Removes every state file (start with `--restore=false`).
     pub fn discard_all(&self) -> Result<(), StateError> {
         self.remove(&self.ipam_path())?;
+        self.remove(&self.policy_path())?;
+        // The embedded kvstore (identities) lives here too.
+        self.remove(&self.root.join("kvstore.json"))?;
         for (_, path) in self.endpoint_files()? {
             self.remove(&path)?;
         }

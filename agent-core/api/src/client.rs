@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 
 use crate::models::{
     ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth,
-    ErrorResponse, Family, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
-    PartialDelete, StatusResponse,
+    ErrorResponse, Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration,
+    LabelsModifier, PartialDelete, Policy, StatusResponse, TraceResult, TraceSelector,
 };
 use crate::{path, EndpointId, API_BASE};
 
@@ -240,11 +240,7 @@ impl Client {
 
     /// `GET /endpoint`, optionally only those carrying every label in `labels`.
     pub async fn endpoint_list(&self, labels: &[String]) -> Result<Vec<Endpoint>, ClientError> {
-        let mut query = String::from("/endpoint");
-        if !labels.is_empty() {
-            let joined: Vec<String> = labels.iter().map(|l| path::encode(l)).collect();
-            query.push_str(&format!("?labels={}", joined.join(",")));
-        }
+        let query = with_labels("/endpoint", labels);
         Ok(self.call(Method::GET, &query, None).await?.1)
     }
 
@@ -353,6 +349,68 @@ impl Client {
             .await?
             .1)
     }
+
+    /// `GET /identity`: every identity, or with `labels` only those carrying all of them
+    /// (an unmatched filter is a 404 API error).
+    pub async fn identity_list(&self, labels: &[String]) -> Result<Vec<Identity>, ClientError> {
+        let query = with_labels("/identity", labels);
+        Ok(self.call(Method::GET, &query, None).await?.1)
+    }
+
+    /// `GET /identity/{id}`.
+    pub async fn identity_get(&self, id: u32) -> Result<Identity, ClientError> {
+        Ok(self
+            .call(Method::GET, &format!("/identity/{id}"), None)
+            .await?
+            .1)
+    }
+
+    /// `GET /policy`: the repository revision and its rules, or with `labels` only the rules
+    /// carrying all of these rule labels (an unmatched filter is a 404 API error).
+    pub async fn policy_get(&self, labels: &[String]) -> Result<Policy, ClientError> {
+        let query = with_labels("/policy", labels);
+        Ok(self.call(Method::GET, &query, None).await?.1)
+    }
+
+    /// `PUT /policy`: imports the rules in `rules_json` (a JSON array of rules, sent as is);
+    /// returns the revision after the import and the imported rules.
+    pub async fn policy_put(&self, rules_json: &str) -> Result<Policy, ClientError> {
+        Ok(self
+            .call(Method::PUT, "/policy", Some(rules_json.as_bytes().to_vec()))
+            .await?
+            .1)
+    }
+
+    /// `DELETE /policy`: deletes the rules carrying all of `labels`; an empty slice deletes
+    /// every rule. Returns the revision after the delete and the deleted rules.
+    pub async fn policy_delete(&self, labels: &[String]) -> Result<Policy, ClientError> {
+        Ok(self
+            .call(Method::DELETE, "/policy", Some(json(&labels)))
+            .await?
+            .1)
+    }
+
+    /// `GET /policy/resolve` (with a body, as the 2017 API): traces the policy decision for
+    /// traffic between the two sides of `selector`.
+    pub async fn policy_resolve(
+        &self,
+        selector: &TraceSelector,
+    ) -> Result<TraceResult, ClientError> {
+        Ok(self
+            .call(Method::GET, "/policy/resolve", Some(json(selector)))
+            .await?
+            .1)
+    }
+}
+
+/// `base` with a `?labels=a,b` filter when `labels` is not empty; each label is
+/// percent-encoded, the separating commas are not.
+fn with_labels(base: &str, labels: &[String]) -> String {
+    if labels.is_empty() {
+        return base.to_string();
+    }
+    let joined: Vec<String> = labels.iter().map(|l| path::encode(l)).collect();
+    format!("{base}?labels={}", joined.join(","))
 }
 
 fn endpoint_path(id: &EndpointId, suffix: &str) -> String {
@@ -379,5 +437,199 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     ClientError::Api {
         status: status.as_u16(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1 as server_http1;
+    use hyper::service::service_fn;
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::models::{Decision, PortProtocol};
+
+    /// `(method, path and query, body)` of each request the fake agent saw.
+    type Seen = Arc<StdMutex<Vec<(String, String, String)>>>;
+
+    /// A fake agent on a fresh socket answering every request with one canned reply; the
+    /// socket file is removed on drop.
+    struct FakeAgent {
+        path: PathBuf,
+        seen: Seen,
+    }
+
+    impl Drop for FakeAgent {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    impl FakeAgent {
+        fn start(status: u16, reply: &'static str) -> FakeAgent {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "cilium-api-client-test-{}-{}.sock",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).expect("bind the fake agent socket");
+            let seen: Seen = Arc::default();
+            let record = seen.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let record = record.clone();
+                    let service = service_fn(move |req: http::Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let uri = req.uri().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            record.lock().expect("record lock").push((
+                                method,
+                                uri,
+                                String::from_utf8_lossy(&body).into_owned(),
+                            ));
+                            let response = http::Response::builder()
+                                .status(status)
+                                .header(header::CONTENT_TYPE, "application/json")
+                                .body(Full::new(Bytes::from_static(reply.as_bytes())))
+                                .expect("build the fake reply");
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let _ = server_http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            FakeAgent { path, seen }
+        }
+
+        fn client(&self) -> Client {
+            Client::new(&self.path)
+        }
+
+        fn requests(&self) -> Vec<(String, String, String)> {
+            self.seen.lock().expect("record lock").clone()
+        }
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn label_filters_are_encoded_one_by_one() {
+        assert_eq!(with_labels("/identity", &[]), "/identity");
+        assert_eq!(
+            with_labels("/policy", &strings(&["k8s:id=app1", "unspec:a b"])),
+            "/policy?labels=k8s:id%3Dapp1,unspec:a%20b"
+        );
+    }
+
+    #[tokio::test]
+    async fn identity_list_and_get() {
+        let agent = FakeAgent::start(
+            200,
+            r#"[{"id":256,"labels":["container:id=app1"],"references":2}]"#,
+        );
+        let list = agent
+            .client()
+            .identity_list(&strings(&["container:id=app1"]))
+            .await
+            .unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].references, Some(2));
+        assert_eq!(
+            agent.requests()[0].1,
+            "/v1/identity?labels=container:id%3Dapp1"
+        );
+
+        let agent = FakeAgent::start(200, r#"{"id":1,"labels":["reserved:host"]}"#);
+        let identity = agent.client().identity_get(1).await.unwrap();
+        assert_eq!(identity.labels, vec!["reserved:host".to_string()]);
+        assert_eq!(identity.references, None);
+        assert_eq!(agent.requests()[0].1, "/v1/identity/1");
+    }
+
+    #[tokio::test]
+    async fn policy_get_put_delete() {
+        let agent = FakeAgent::start(200, r#"{"revision":3,"policy":"[]"}"#);
+        let client = agent.client();
+        let rules = r#"[{"endpointSelector":{"matchLabels":{"id":"app1"}}}]"#;
+        assert_eq!(client.policy_get(&[]).await.unwrap().revision, 3);
+        assert_eq!(client.policy_put(rules).await.unwrap().revision, 3);
+        client.policy_delete(&[]).await.unwrap();
+        client
+            .policy_delete(&strings(&["unspec:name=web"]))
+            .await
+            .unwrap();
+        let seen = agent.requests();
+        assert_eq!(seen[0], ("GET".into(), "/v1/policy".into(), String::new()));
+        assert_eq!(seen[1], ("PUT".into(), "/v1/policy".into(), rules.into()));
+        assert_eq!(seen[2], ("DELETE".into(), "/v1/policy".into(), "[]".into()));
+        assert_eq!(
+            seen[3],
+            (
+                "DELETE".into(),
+                "/v1/policy".into(),
+                r#"["unspec:name=web"]"#.into()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn policy_errors_carry_the_agent_message() {
+        let agent = FakeAgent::start(400, r#"{"error":"rule 0: unknown field `bogus`"}"#);
+        let err = agent.client().policy_put("[{}]").await.unwrap_err();
+        assert_eq!(err.status(), Some(400));
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+        let agent = FakeAgent::start(404, r#"{"error":"no rules match"}"#);
+        let err = agent
+            .client()
+            .policy_get(&strings(&["x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(404));
+    }
+
+    #[tokio::test]
+    async fn policy_resolve_is_a_get_with_a_body() {
+        let agent = FakeAgent::start(
+            200,
+            r#"{"verdict":"denied","log":"Tracing From: ...\nVerdict: denied\n"}"#,
+        );
+        let selector = TraceSelector {
+            from: strings(&["id.curl"]),
+            to: strings(&["id.httpd"]),
+            dports: vec![PortProtocol {
+                port: 80,
+                protocol: "tcp".into(),
+            }],
+            ..TraceSelector::default()
+        };
+        let result = agent.client().policy_resolve(&selector).await.unwrap();
+        assert_eq!(result.verdict, Decision::Denied);
+        let (method, path, body) = agent.requests().remove(0);
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/v1/policy/resolve")
+        );
+        let sent: TraceSelector = serde_json::from_str(&body).unwrap();
+        assert_eq!(sent, selector);
     }
 }

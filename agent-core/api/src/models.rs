@@ -253,12 +253,141 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// The security identity of an endpoint.
+/// A security identity: the numeric id of a sorted set of identity-relevant labels
+/// (`GET /identity`, `GET /identity/{id}`, and inside an endpoint).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub id: u32,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Number of endpoints of this node that hold the identity (absent inside an endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<u32>,
+}
+
+/// The policy repository: its revision and rules (`GET/PUT/DELETE /policy`). `policy` is the
+/// JSON text of the rules concerned (all rules for GET, the imported ones for PUT, the
+/// deleted ones for DELETE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub revision: u64,
+    pub policy: String,
+}
+
+/// One destination port of a trace: port and protocol (`tcp`, `udp` or `any`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortProtocol {
+    pub port: u16,
+    #[serde(default = "any_protocol")]
+    pub protocol: String,
+}
+
+fn any_protocol() -> String {
+    "any".to_string()
+}
+
+/// Body of `GET /policy/resolve`: who talks to whom. Each side is given by labels or by an
+/// endpoint (whose identity labels are used).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TraceSelector {
+    #[serde(default)]
+    pub from: Vec<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_endpoint: Option<String>,
+    /// Destination ports; none traces traffic without ports (e.g. ICMP).
+    #[serde(default)]
+    pub dports: Vec<PortProtocol>,
+    /// Also list the rules that did not match.
+    #[serde(default)]
+    pub verbose: bool,
+}
+
+/// Final decision of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allowed,
+    Denied,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+        })
+    }
+}
+
+/// Reply of `GET /policy/resolve`: the verdict and the trace that explains it (seed §5.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceResult {
+    pub verdict: Decision,
+    pub log: String,
+}
+
+/// What happens to traffic an entry of a policy table matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyAction {
+    Allow,
+    /// Allowed, through the L7 proxy, which checks each request against `http`.
+    Redirect,
+}
+
+/// One HTTP rule: anchored regular expressions on method, path and host; headers that must
+/// be present (`Name` or `Name: value`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HttpRuleModel {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+}
+
+/// One entry of an endpoint's resolved policy: traffic with the remote identity (`None` =
+/// any), destination port (0 = any) and protocol (`any`, `tcp`, `udp`) is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<u32>,
+    /// The labels of that identity, for display.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    pub port: u16,
+    pub protocol: String,
+    pub action: PolicyAction,
+    /// The requests the proxy lets through, for `redirect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRuleModel>,
+}
+
+/// The policy of one direction of an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionPolicy {
+    /// Whether traffic in this direction is limited to `entries` (otherwise all is allowed).
+    pub enforcing: bool,
+    #[serde(default)]
+    pub entries: Vec<PolicyEntry>,
+}
+
+/// The resolved policy of an endpoint (`GET /endpoint/{id}`; left out of lists).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPolicy {
+    /// The repository revision this policy was computed at.
+    pub revision: u64,
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
 }
 
 /// An endpoint as the agent reports it.
@@ -309,10 +438,15 @@ pub struct Endpoint {
     pub cni_network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// Whether policy is enforced in at least one direction.
     #[serde(default)]
     pub policy_enabled: bool,
+    /// The policy repository revision the endpoint's policy is up to date with.
     #[serde(default)]
     pub policy_revision: u64,
+    /// The resolved policy; only in `GET /endpoint/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<EndpointPolicy>,
     /// The endpoint's mutable options (`/endpoint/{id}/config`).
     #[serde(default)]
     pub options: ConfigurationMap,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cilium_api::models::{
     ConfigurationMap, EndpointChangeRequest, ErrorResponse, Family, LabelsModifier, PartialDelete,
+    TraceSelector,
 };
 use cilium_api::{EndpointId, MAX_BODY_BYTES};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -22,10 +23,13 @@ use serde::Serialize;
 use super::routes::{Route, RouteError};
 use crate::daemon::{Agent, AgentError};
 use crate::endpoint::EndpointError;
+use crate::identity::IdentityError;
 use crate::ipam::IpamError;
+use crate::kvstore::KvstoreError;
 use crate::labels::Label;
 use crate::link::LinkError;
 use crate::netns::NetnsError;
+use crate::policy::PolicyError;
 
 /// A reply: status and JSON body.
 pub type Reply = Response<Full<Bytes>>;
@@ -90,6 +94,16 @@ pub fn status_of(e: &AgentError) -> u16 {
         },
         AgentError::State(_) => 500,
         AgentError::Option(_) | AgentError::Invalid(_) => 400,
+        AgentError::Identity(e) => match e {
+            IdentityError::UnknownId(_) => 404,
+            IdentityError::Kvstore(KvstoreError::Unreachable { .. }) => 520,
+            IdentityError::Corrupt { .. } => 521,
+            _ => 500,
+        },
+        AgentError::Policy(e) => match e {
+            PolicyError::NotFound(_) => 404,
+            PolicyError::Json(_) | PolicyError::Format(_) | PolicyError::Invalid { .. } => 400,
+        },
     }
 }
 
@@ -149,8 +163,7 @@ where
         }
         Ok(route) => match read_body(request).await {
             Ok(body) => {
-                let result = if touches_the_kernel(&route, &method) {
-                    // Netlink work (and the waits it involves) stays off the runtime's workers.
+                let result = if may_block(&route, &method) {
                     let method = method.clone();
                     tokio::task::spawn_blocking(move || {
                         dispatch(&agent, route, &method, &query, &body)
@@ -172,11 +185,12 @@ where
     Ok(reply)
 }
 
-/// Requests that may create, delete or inspect links.
-fn touches_the_kernel(route: &Route, method: &Method) -> bool {
-    matches!(
+/// Requests that may block: netlink work, state files written with fsync, kvstore calls,
+/// policy computation. They run on the blocking pool, off the runtime's workers.
+fn may_block(route: &Route, method: &Method) -> bool {
+    !matches!(
         (route, method),
-        (Route::Endpoint(_), &Method::PUT | &Method::DELETE) | (Route::EndpointHealth(_), _)
+        (Route::Healthz, _) | (Route::Config, &Method::GET)
     )
 }
 
@@ -244,6 +258,22 @@ fn query_params(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String
     Ok(out)
 }
 
+/// The `labels=a,b` query filter of list requests.
+fn label_filter(query: &str) -> Result<Vec<Label>, Failure> {
+    let params = query_params(query, &["labels"])?;
+    params
+        .get("labels")
+        .map(|list| {
+            list.split(',')
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.trim().parse::<Label>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| Failure::new(400, e.to_string()))
+        .map(Option::unwrap_or_default)
+}
+
 fn endpoint_id(raw: &str) -> Result<EndpointId, Failure> {
     raw.parse::<EndpointId>()
         .map_err(|e| Failure::new(400, e.to_string()))
@@ -296,18 +326,7 @@ fn dispatch(
             Ok(json_reply(200, &agent.ipam_release(ip_param(&ip)?)?))
         }
         (Route::Endpoints, Method::GET) => {
-            let params = query_params(query, &["labels"])?;
-            let filter = params
-                .get("labels")
-                .map(|list| {
-                    list.split(',')
-                        .filter(|l| !l.trim().is_empty())
-                        .map(|l| l.trim().parse::<Label>())
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()
-                .map_err(|e| Failure::new(400, e.to_string()))?
-                .unwrap_or_default();
+            let filter = label_filter(query)?;
             let list = agent.endpoint_list(&filter);
             if list.is_empty() && !filter.is_empty() {
                 return Err(Failure::new(
@@ -379,6 +398,55 @@ fn dispatch(
         (Route::EndpointHealth(id), Method::GET) => {
             no_query(query)?;
             Ok(json_reply(200, &agent.endpoint_health(&endpoint_id(&id)?)?))
+        }
+        (Route::Identities, Method::GET) => {
+            let filter = label_filter(query)?;
+            let list = agent.identity_list(&filter);
+            if list.is_empty() && !filter.is_empty() {
+                return Err(Failure::new(
+                    404,
+                    "no identity carries all of the given labels",
+                ));
+            }
+            Ok(json_reply(200, &list))
+        }
+        (Route::Identity(raw), Method::GET) => {
+            no_query(query)?;
+            let id = raw.parse::<u32>().map_err(|_| {
+                Failure::new(400, format!("invalid identity '{raw}': expected a number"))
+            })?;
+            Ok(json_reply(200, &agent.identity_get(id)?))
+        }
+        (Route::Policy, Method::GET) => {
+            let filter = label_filter(query)?;
+            Ok(json_reply(200, &agent.policy_get(&filter)?))
+        }
+        (Route::Policy, Method::PUT) => {
+            no_query(query)?;
+            let text = std::str::from_utf8(body)
+                .map_err(|_| Failure::new(400, "the policy is not UTF-8 text"))?;
+            if text.trim().is_empty() {
+                return Err(Failure::new(
+                    400,
+                    "request body is empty: expected the policy rules as JSON",
+                ));
+            }
+            Ok(json_reply(200, &agent.policy_import(text)?))
+        }
+        (Route::Policy, Method::DELETE) => {
+            no_query(query)?;
+            let labels: Vec<String> = json_body(body, "a list of rule labels")?;
+            let labels = labels
+                .iter()
+                .map(|l| l.parse::<Label>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure::new(400, e.to_string()))?;
+            Ok(json_reply(200, &agent.policy_delete(&labels)?))
+        }
+        (Route::PolicyResolve, Method::GET) => {
+            no_query(query)?;
+            let selector: TraceSelector = json_body(body, "a trace selector")?;
+            Ok(json_reply(200, &agent.policy_resolve(&selector)?))
         }
         (route, method) => Err(Failure::new(
             405,

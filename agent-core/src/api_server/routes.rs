@@ -50,6 +50,22 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/endpoint/{id}/healthz",
         methods: &[Method::GET],
     },
+    RouteSpec {
+        template: "/identity",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/identity/{id}",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/policy",
+        methods: &[Method::GET, Method::PUT, Method::DELETE],
+    },
+    RouteSpec {
+        template: "/policy/resolve",
+        methods: &[Method::GET],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -64,6 +80,10 @@ pub enum Route {
     EndpointConfig(String),
     EndpointLabels(String),
     EndpointHealth(String),
+    Identities,
+    Identity(String),
+    Policy,
+    PolicyResolve,
 }
 
 /// Why a path did not resolve.
@@ -97,6 +117,10 @@ impl Route {
             ["endpoint", id, "config"] => Ok(Route::EndpointConfig(param(id)?)),
             ["endpoint", id, "labels"] => Ok(Route::EndpointLabels(param(id)?)),
             ["endpoint", id, "healthz"] => Ok(Route::EndpointHealth(param(id)?)),
+            ["identity"] => Ok(Route::Identities),
+            ["identity", id] => Ok(Route::Identity(param(id)?)),
+            ["policy"] => Ok(Route::Policy),
+            ["policy", "resolve"] => Ok(Route::PolicyResolve),
             _ => Err(RouteError::NotFound),
         }
     }
@@ -113,6 +137,10 @@ impl Route {
             Route::EndpointConfig(_) => 6,
             Route::EndpointLabels(_) => 7,
             Route::EndpointHealth(_) => 8,
+            Route::Identities => 9,
+            Route::Identity(_) => 10,
+            Route::Policy => 11,
+            Route::PolicyResolve => 12,
         };
         &ROUTES[index]
     }

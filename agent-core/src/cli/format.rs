@@ -1,12 +1,56 @@
 //! Text output of the `cilium` CLI, following the seed's layouts (`cilium status`,
-//! `cilium endpoint list`). Pure functions over API models, so they are unit-tested.
+//! `cilium endpoint list`, `cilium policy get|import|delete`). Pure functions over API models,
+//! so they are unit-tested.
 
 use std::fmt::Write;
 
 use cilium_api::models::{
-    ConfigurationMap, DaemonConfigurationResponse, Endpoint, LabelConfiguration,
-    NodeAddressingElement, Status, StatusResponse,
+    ConfigurationMap, DaemonConfigurationResponse, DirectionPolicy, Endpoint, HttpRuleModel,
+    Identity, LabelConfiguration, NodeAddressingElement, Policy, PolicyAction, PolicyEntry, Status,
+    StatusResponse,
 };
+
+/// Lays out a table whose cells may span several lines: columns are separated by three
+/// spaces, every line of a row is indented by `indent`, trailing blanks are trimmed.
+fn table(indent: &str, headers: &[&str], rows: &[Vec<Vec<String>>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = cell.iter().map(String::len).fold(*w, usize::max);
+        }
+    }
+    let line = |cells: &[&str]| -> String {
+        let mut s = String::from(indent);
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{:<w$}   ", c, w = widths[i]);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers);
+    for row in rows {
+        let height = row.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        for n in 0..height {
+            let cells: Vec<&str> = row
+                .iter()
+                .map(|cell| cell.get(n).map(String::as_str).unwrap_or(""))
+                .collect();
+            out.push_str(&line(&cells));
+        }
+    }
+    out
+}
+
+fn enabled(on: bool) -> &'static str {
+    if on {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
 
 fn status_line(out: &mut String, name: &str, status: &Status) {
     let line = format!(
@@ -63,12 +107,7 @@ pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
             };
             let cells = [
                 e.id.to_string(),
-                if e.policy_enabled {
-                    "Enabled"
-                } else {
-                    "Disabled"
-                }
-                .to_string(),
+                enabled(e.policy_enabled).to_string(),
                 dash(
                     e.identity
                         .as_ref()
@@ -181,15 +220,25 @@ pub fn endpoint_detail(e: &Endpoint) -> String {
             .map(|i| i.id.to_string())
             .unwrap_or_else(|| "-".into()),
     );
+    if let Some(identity) = &e.identity {
+        field("Identity labels", identity.labels.join(" "));
+    }
     field(
         "Policy enforcement",
-        if e.policy_enabled {
-            "Enabled"
-        } else {
-            "Disabled"
-        }
-        .to_string(),
+        match &e.policy {
+            Some(p) => format!(
+                "ingress {}, egress {}",
+                enabled(p.ingress.enforcing),
+                enabled(p.egress.enforcing)
+            ),
+            None => enabled(e.policy_enabled).to_string(),
+        },
     );
+    field("Policy revision", e.policy_revision.to_string());
+    if let Some(p) = &e.policy {
+        direction_policy(&mut out, "Ingress", &p.ingress);
+        direction_policy(&mut out, "Egress", &p.egress);
+    }
     if !e.status.is_empty() {
         out.push_str("Status log:\n");
         for s in &e.status {
@@ -205,6 +254,199 @@ pub fn endpoint_detail(e: &Endpoint) -> String {
         }
     }
     out
+}
+
+/// The lines under ACTION that spell out one HTTP rule of a redirect entry.
+fn http_rule_lines(rule: &HttpRuleModel) -> Vec<String> {
+    let mut lines = Vec::new();
+    let request = match (rule.method.is_empty(), rule.path.is_empty()) {
+        (false, false) => format!("{} {}", rule.method, rule.path),
+        (false, true) => rule.method.clone(),
+        (true, false) => rule.path.clone(),
+        (true, true) => String::new(),
+    };
+    if !request.is_empty() {
+        lines.push(request);
+    }
+    if !rule.host.is_empty() {
+        lines.push(format!("host: {}", rule.host));
+    }
+    for header in &rule.headers {
+        lines.push(format!("header: {header}"));
+    }
+    if lines.is_empty() {
+        lines.push("any request".to_string());
+    }
+    lines
+}
+
+/// `80/tcp`, `80/any`, `any/udp`, or `any` when neither port nor protocol is limited.
+pub fn port_protocol(port: u16, protocol: &str) -> String {
+    let protocol = if protocol.is_empty() { "any" } else { protocol };
+    match (port, protocol) {
+        (0, "any") => "any".to_string(),
+        (0, proto) => format!("any/{proto}"),
+        (port, proto) => format!("{port}/{proto}"),
+    }
+}
+
+fn entry_row(entry: &PolicyEntry) -> Vec<Vec<String>> {
+    let (identity, labels) = match entry.identity {
+        Some(id) => (
+            id.to_string(),
+            entry
+                .labels
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "-".to_string()),
+        ),
+        None => ("any".to_string(), "any".to_string()),
+    };
+    let mut action = vec![match entry.action {
+        PolicyAction::Allow => "allow".to_string(),
+        PolicyAction::Redirect => "redirect".to_string(),
+    }];
+    if entry.action == PolicyAction::Redirect {
+        for rule in &entry.http {
+            action.extend(http_rule_lines(rule).into_iter().map(|l| format!("  {l}")));
+        }
+    }
+    vec![
+        vec![identity],
+        vec![labels],
+        vec![port_protocol(entry.port, &entry.protocol)],
+        action,
+    ]
+}
+
+/// One direction of an endpoint's resolved policy, for `cilium endpoint get`.
+fn direction_policy(out: &mut String, name: &str, policy: &DirectionPolicy) {
+    if !policy.enforcing {
+        let _ = writeln!(out, "{name} policy: not enforced, all traffic allowed");
+        return;
+    }
+    if policy.entries.is_empty() {
+        let _ = writeln!(out, "{name} policy: enforced, no traffic allowed");
+        return;
+    }
+    let _ = writeln!(out, "{name} policy:");
+    let rows: Vec<Vec<Vec<String>>> = policy.entries.iter().map(entry_row).collect();
+    out.push_str(&table(
+        "  ",
+        &["IDENTITY", "LABELS", "PORT", "ACTION"],
+        &rows,
+    ));
+}
+
+/// `cilium identity list`: ID, LABELS (one per line, continuation lines under LABELS) and
+/// REFERENCES (local endpoints holding the identity), sorted by id.
+pub fn identity_table(identities: &[Identity]) -> String {
+    let mut sorted: Vec<&Identity> = identities.iter().collect();
+    sorted.sort_by_key(|i| i.id);
+    let rows: Vec<Vec<Vec<String>>> = sorted
+        .iter()
+        .map(|i| {
+            let labels = if i.labels.is_empty() {
+                vec!["-".to_string()]
+            } else {
+                i.labels.clone()
+            };
+            vec![
+                vec![i.id.to_string()],
+                labels,
+                vec![i
+                    .references
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".to_string())],
+            ]
+        })
+        .collect();
+    table("", &["ID", "LABELS", "REFERENCES"], &rows)
+}
+
+/// `cilium identity get`: the same layout for one identity.
+pub fn identity_detail(identity: &Identity) -> String {
+    identity_table(std::slice::from_ref(identity))
+}
+
+/// `Revision: N` (`cilium policy import|delete`).
+pub fn policy_revision(p: &Policy) -> String {
+    format!("Revision: {}\n", p.revision)
+}
+
+/// `cilium policy get`: the rules as indented JSON, then `Revision: N`.
+pub fn policy_get(p: &Policy) -> String {
+    let rules = pretty_json(&p.policy).unwrap_or_else(|| p.policy.trim().to_string());
+    let mut out = rules;
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&policy_revision(p));
+    out
+}
+
+/// Re-indents JSON text with two spaces per level, keeping the order of object keys (the
+/// agent writes rules in the order of the policy language). `None` when `text` is not JSON.
+pub fn pretty_json(text: &str) -> Option<String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.trim().chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('}') | Some(']')) {
+                    // An empty object or array stays on one line.
+                    if let Some(close) = chars.next() {
+                        out.push(close);
+                    }
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Option maps: `Name   Value` lines.
@@ -261,7 +503,10 @@ pub fn labels(l: &LabelConfiguration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use cilium_api::models::{AddressPair, EndpointState, Identity, IpamStatus, StatusState};
+    use cilium_api::models::{
+        AddressPair, DaemonConfiguration, EndpointPolicy, EndpointState, IpamStatus,
+        NodeAddressing, StatusState,
+    };
 
     use super::*;
 
@@ -292,9 +537,11 @@ mod tests {
             identity: Some(Identity {
                 id: 256,
                 labels: vec![],
+                references: None,
             }),
             policy_enabled: false,
             policy_revision: 0,
+            policy: None,
             options: Default::default(),
         }
     }
@@ -377,5 +624,247 @@ mod tests {
             "KVStore:           Disabled\nContainerRuntime:  Disabled\nKubernetes:        Disabled\n\
              Cilium:            Ok        2 endpoints\nAllocated IPv4 addresses:\n 10.2.0.1\n"
         );
+    }
+
+    fn identity(id: u32, labels: &[&str], references: Option<u32>) -> Identity {
+        Identity {
+            id,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            references,
+        }
+    }
+
+    #[test]
+    fn endpoint_table_shows_enabled_enforcement() {
+        let mut e = endpoint(29898, &["mesos:id=web-server"]);
+        e.policy_enabled = true;
+        let out = endpoint_table(&[e]);
+        let row = out.lines().nth(2).unwrap();
+        assert!(row.starts_with("29898      Enabled       256"), "{out}");
+    }
+
+    #[test]
+    fn identity_table_with_multi_label_rows() {
+        let ids = [
+            identity(257, &["container:id=app2", "container:id.foo"], Some(2)),
+            identity(1, &["reserved:host"], Some(0)),
+            identity(256, &[], None),
+        ];
+        let out = identity_table(&ids);
+        assert_eq!(
+            out,
+            "ID    LABELS              REFERENCES\n\
+             1     reserved:host       0\n\
+             256   -                   -\n\
+             257   container:id=app2   2\n\
+             \x20     container:id.foo\n"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let label_col = lines[0].find("LABELS").unwrap();
+        assert_eq!(lines[4].find("container:").unwrap(), label_col);
+    }
+
+    #[test]
+    fn identity_detail_is_a_one_row_table() {
+        let out = identity_detail(&identity(2, &["reserved:world"], None));
+        assert_eq!(
+            out,
+            "ID   LABELS           REFERENCES\n2    reserved:world   -\n"
+        );
+    }
+
+    #[test]
+    fn policy_get_prints_indented_rules_then_the_revision() {
+        let p = Policy {
+            revision: 26,
+            policy: r#"[{"endpointSelector":{"matchLabels":{"any:id":"app1"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"any:id":"app2"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}],"labels":[]}]"#.into(),
+        };
+        let out = policy_get(&p);
+        assert!(out.ends_with("]\nRevision: 26\n"), "{out}");
+        assert_eq!(
+            out,
+            r#"[
+  {
+    "endpointSelector": {
+      "matchLabels": {
+        "any:id": "app1"
+      }
+    },
+    "ingress": [
+      {
+        "fromEndpoints": [
+          {
+            "matchLabels": {
+              "any:id": "app2"
+            }
+          }
+        ],
+        "toPorts": [
+          {
+            "ports": [
+              {
+                "port": "80",
+                "protocol": "TCP"
+              }
+            ]
+          }
+        ]
+      }
+    ],
+    "labels": []
+  }
+]
+Revision: 26
+"#
+        );
+        let empty = Policy {
+            revision: 2,
+            policy: "[]".into(),
+        };
+        assert_eq!(policy_get(&empty), "[]\nRevision: 2\n");
+        assert_eq!(policy_revision(&empty), "Revision: 2\n");
+    }
+
+    #[test]
+    fn pretty_json_keeps_strings_and_key_order() {
+        let text = r#" { "z" : "a,b:{c}[d]", "a":"q\"uo,te\\", "e":{ }, "n":[1, 2.5,null,true] } "#;
+        assert_eq!(
+            pretty_json(text).unwrap(),
+            "{\n  \"z\": \"a,b:{c}[d]\",\n  \"a\": \"q\\\"uo,te\\\\\",\n  \"e\": {},\n  \
+             \"n\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
+        );
+        assert_eq!(pretty_json("[{,"), None);
+        // Not JSON: printed as the agent sent it.
+        let p = Policy {
+            revision: 1,
+            policy: "garbage".into(),
+        };
+        assert_eq!(policy_get(&p), "garbage\nRevision: 1\n");
+    }
+
+    #[test]
+    fn port_protocol_forms() {
+        assert_eq!(port_protocol(0, "any"), "any");
+        assert_eq!(port_protocol(0, ""), "any");
+        assert_eq!(port_protocol(80, "tcp"), "80/tcp");
+        assert_eq!(port_protocol(80, "any"), "80/any");
+        assert_eq!(port_protocol(0, "udp"), "any/udp");
+    }
+
+    #[test]
+    fn endpoint_detail_with_a_redirect_entry() {
+        let mut e = endpoint(29898, &["container:id=app1"]);
+        e.identity = Some(identity(256, &["container:id=app1"], None));
+        e.policy_enabled = true;
+        e.policy_revision = 3;
+        e.policy = Some(EndpointPolicy {
+            revision: 3,
+            ingress: DirectionPolicy {
+                enforcing: true,
+                entries: vec![
+                    PolicyEntry {
+                        identity: Some(257),
+                        labels: vec!["container:id=app2".into(), "container:x".into()],
+                        port: 80,
+                        protocol: "tcp".into(),
+                        action: PolicyAction::Redirect,
+                        http: vec![
+                            HttpRuleModel {
+                                method: "GET".into(),
+                                path: "/public".into(),
+                                host: String::new(),
+                                headers: vec![],
+                            },
+                            HttpRuleModel {
+                                method: "PUT".into(),
+                                path: "/path2$".into(),
+                                host: "foo.com".into(),
+                                headers: vec!["X-My-Header: true".into()],
+                            },
+                        ],
+                    },
+                    PolicyEntry {
+                        identity: Some(1),
+                        labels: vec![],
+                        port: 0,
+                        protocol: "any".into(),
+                        action: PolicyAction::Allow,
+                        http: vec![],
+                    },
+                    PolicyEntry {
+                        identity: None,
+                        labels: vec![],
+                        port: 53,
+                        protocol: "udp".into(),
+                        action: PolicyAction::Allow,
+                        http: vec![],
+                    },
+                ],
+            },
+            egress: DirectionPolicy::default(),
+        });
+        let out = endpoint_detail(&e);
+        assert!(out.contains("Identity:             256\n"), "{out}");
+        assert!(
+            out.contains("Identity labels:      container:id=app1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Policy enforcement:   ingress Enabled, egress Disabled\n"),
+            "{out}"
+        );
+        assert!(out.contains("Policy revision:      3\n"), "{out}");
+        let expected = "Ingress policy:\n\
+            \x20 IDENTITY   LABELS              PORT     ACTION\n\
+            \x20 257        container:id=app2   80/tcp   redirect\n\
+            \x20                                           GET /public\n\
+            \x20                                           PUT /path2$\n\
+            \x20                                           host: foo.com\n\
+            \x20                                           header: X-My-Header: true\n\
+            \x20 1          -                   any      allow\n\
+            \x20 any        any                 53/udp   allow\n\
+            Egress policy: not enforced, all traffic allowed\n";
+        assert!(out.contains(expected), "{out}");
+
+        e.policy = None;
+        let out = endpoint_detail(&e);
+        assert!(out.contains("Policy enforcement:   Enabled\n"), "{out}");
+        assert!(!out.contains("Ingress policy"), "{out}");
+    }
+
+    #[test]
+    fn enforced_direction_without_entries() {
+        let mut e = endpoint(1, &[]);
+        e.policy = Some(EndpointPolicy {
+            revision: 1,
+            ingress: DirectionPolicy {
+                enforcing: true,
+                entries: vec![],
+            },
+            egress: DirectionPolicy::default(),
+        });
+        let out = endpoint_detail(&e);
+        assert!(
+            out.contains("Ingress policy: enforced, no traffic allowed\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn configuration_shows_non_boolean_options() {
+        let mut mutable = ConfigurationMap::new();
+        mutable.insert("Debug".into(), "false".into());
+        mutable.insert("PolicyEnforcement".into(), "default".into());
+        let c = DaemonConfigurationResponse {
+            node_name: "node1".into(),
+            addressing: NodeAddressing::default(),
+            configuration: DaemonConfiguration {
+                mutable,
+                immutable: ConfigurationMap::new(),
+            },
+        };
+        let out = configuration(&c);
+        assert!(out.contains("\n  PolicyEnforcement    default\n"), "{out}");
+        assert!(out.contains("\n  Debug                false\n"), "{out}");
     }
 }

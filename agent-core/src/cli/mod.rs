@@ -1,8 +1,9 @@
 //! The `cilium` command-line client: commands of the seed over the `cilium-api` client.
 //! Every read command takes `-o json`. When the agent cannot be reached the command says so
-//! and exits 1.
+//! and exits 1; every other failure prints `Error: <message>` and exits 1 too.
 
 pub mod format;
+pub mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,12 @@ pub enum Command {
     /// Manage endpoints
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Show security identities
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Manage the policy repository: import, get, delete, validate, wait, trace
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Print the client and agent versions
     Version,
 }
@@ -62,7 +69,7 @@ pub enum EndpointCommand {
         #[arg(short = 'l', long = "label", value_name = "LABEL")]
         labels: Vec<String>,
     },
-    /// Show one endpoint (JSON)
+    /// Show one endpoint, its identity and its resolved policy
     Get {
         /// Endpoint id: N, cilium-local:N, container-id:ID, docker-endpoint:ID,
         /// container-name:NAME, pod-name:NS:NAME
@@ -91,13 +98,32 @@ pub enum EndpointCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// List identities, or those carrying every given label
+    List {
+        /// Only identities carrying this label (source `any` matches all sources)
+        #[arg(value_name = "LABEL")]
+        labels: Vec<String>,
+    },
+    /// Show one identity
+    Get {
+        /// Numeric identity
+        id: u32,
+    },
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The command line asked for something impossible.
     #[error("{0}")]
     Usage(String),
+    /// The command ran and failed (unreadable file, invalid policy, timeout).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The socket path named by `-H`/`CILIUM_SOCK`: `unix:///path` or a plain path.
@@ -181,6 +207,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             agent?;
         }
         Command::Endpoint(cmd) => return run_endpoint(&client, output, cmd).await,
+        Command::Identity(cmd) => run_identity(&client, output, cmd).await?,
+        Command::Policy(cmd) => return policy::run(&client, output, cmd).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -258,6 +286,27 @@ async fn run_endpoint(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn run_identity(
+    client: &Client,
+    output: Output,
+    cmd: IdentityCommand,
+) -> Result<(), CliError> {
+    match cmd {
+        IdentityCommand::List { labels } => {
+            let list = match client.identity_list(&labels).await {
+                Err(ClientError::Api { status: 404, .. }) if !labels.is_empty() => Vec::new(),
+                other => other?,
+            };
+            show(output, &list, |l| format::identity_table(l));
+        }
+        IdentityCommand::Get { id } => {
+            let identity = client.identity_get(id).await?;
+            show(output, &identity, format::identity_detail);
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the `cilium` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -320,6 +369,11 @@ mod tests {
 
     #[test]
     fn option_changes() {
+        let m = parse_changes(&["PolicyEnforcement=always".into()]).unwrap();
+        assert_eq!(
+            m.get("PolicyEnforcement").map(String::as_str),
+            Some("always")
+        );
         let m = parse_changes(&["Debug=true".into(), " x = y ".into()]).unwrap();
         assert_eq!(m.get("Debug").map(String::as_str), Some("true"));
         assert_eq!(m.get("x").map(String::as_str), Some("y"));
@@ -334,5 +388,28 @@ mod tests {
         let cli = Cli::try_parse_from(["cilium", "-H", "unix:///x", "status"]).unwrap();
         assert_eq!(cli.host.as_deref(), Some("unix:///x"));
         assert!(Cli::try_parse_from(["cilium", "endpoint", "delete"]).is_err());
+    }
+
+    #[test]
+    fn identity_commands_parse() {
+        let cli =
+            Cli::try_parse_from(["cilium", "identity", "list", "id=app1", "-o", "json"]).unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Identity(IdentityCommand::List { labels }) if labels == ["id=app1"]
+        ));
+        let cli = Cli::try_parse_from(["cilium", "identity", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Identity(IdentityCommand::List { labels }) if labels.is_empty()
+        ));
+        let cli = Cli::try_parse_from(["cilium", "identity", "get", "256"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Identity(IdentityCommand::Get { id: 256 })
+        ));
+        assert!(Cli::try_parse_from(["cilium", "identity", "get", "web"]).is_err());
+        assert!(Cli::try_parse_from(["cilium", "identity", "get"]).is_err());
     }
 }

@@ -177,14 +177,20 @@ impl Agent {
             ),
         );
         let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
-        if let Err(e) = self.persist_new_endpoint(&inner, &record) {
+        let resolved = self.resolve_identity(&mut inner, &mut record);
+        let persisted = resolved.and_then(|()| {
+            self.persist_new_endpoint(&inner, &record)
+                .map_err(AgentError::from)
+        });
+        if let Err(e) = persisted {
+            self.release_endpoint_identity(&mut inner, &record);
             inner.endpoints.remove(record.id);
             self.undo_claims(&reserved.claims);
             self.ipam.release_pair(&reserved.allocated);
             let _ = self.persist_ipam(&inner);
             drop(inner);
             let _ = link::detach(&host_name);
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(endpoint = record.id, container = %record.container_id, link = %record.interface_name, "endpoint attached");
         let api = record.to_api();
@@ -267,6 +273,7 @@ impl Agent {
             .remove(n)
             .ok_or_else(|| EndpointError::NotFound(n.to_string()))?;
         let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
+        self.release_endpoint_identity(&mut inner, &record);
         let mut errors = Vec::new();
         if let Err(e) = inner.state.remove(&inner.state.endpoint_path(n)) {
             errors.push(e.to_string());

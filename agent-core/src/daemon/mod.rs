@@ -3,10 +3,11 @@
 //! turns requests into calls on this type.
 
 mod attach;
+mod policy;
 mod process;
 mod restore;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,15 +19,20 @@ use cilium_api::models::{
 };
 use cilium_api::EndpointId;
 
+use crate::cidr::Cidr;
 use crate::config::AgentConfig;
 use crate::endpoint::{owner_endpoint, EndpointError, EndpointRecord, Registry};
+use crate::identity::{IdentityAllocator, IdentityError};
 use crate::ipam::{Ipam, IpamError, ROUTER_OWNER};
+use crate::kvstore::{Embedded, Kvstore, KvstoreError};
 use crate::labels::{Label, LabelError};
 use crate::link::LinkError;
 use crate::node::{AddressingReport, Node, NodeError};
 use crate::options::{OptionError, OptionSet};
+use crate::policy::{PolicyEngine, PolicyError};
 use crate::state::{StateDir, StateError};
 
+pub use policy::POLICY_ENFORCEMENT;
 pub use process::{Daemon, RunError};
 
 /// Mutable agent options (`PATCH /config`).
@@ -52,6 +58,10 @@ pub enum AgentError {
     AddressInUse { ip: IpAddr, endpoint: u16 },
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 impl From<LabelError> for AgentError {
@@ -69,6 +79,10 @@ pub enum StartError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot open the kvstore: {0}")]
+    Kvstore(#[from] KvstoreError),
+    #[error("cannot restore identities: {0}")]
+    Identity(#[from] IdentityError),
 }
 
 /// Result of deleting an endpoint: the endpoint as it was, and what could not be cleaned.
@@ -83,6 +97,10 @@ struct Inner {
     state: StateDir,
     /// Endpoints whose links are being built or removed right now (without the lock held).
     attaching: HashSet<u16>,
+    /// Rules, identities and the resolved policy of every local identity.
+    policy: PolicyEngine,
+    /// Identities of the prefixes the rules name.
+    cidr_identities: BTreeMap<Cidr, u32>,
 }
 
 /// The agent of this node.
@@ -91,6 +109,8 @@ pub struct Agent {
     node: Node,
     ipam: Arc<Ipam>,
     inner: Arc<Mutex<Inner>>,
+    kvstore: Arc<dyn Kvstore>,
+    identities: IdentityAllocator,
     options: Mutex<OptionSet>,
     /// Whether `cilium_host` has been set up by this process.
     host_ready: Mutex<bool>,
@@ -120,10 +140,18 @@ impl Agent {
         let ipam = Ipam::new(node.ipv4_range, node.ipv6_range)?;
         let state = StateDir::open(&config.state_dir)?;
         let mut endpoints = Registry::default();
-        let warnings = restore::restore(&state, &ipam, &mut endpoints, config.restore)?;
+        let mut warnings = restore::restore(&state, &ipam, &mut endpoints, config.restore)?;
+        let embedded = Embedded::open(&config.state_dir)?;
+        warnings.extend(embedded.warnings());
+        let kvstore: Arc<dyn Kvstore> = Arc::new(embedded);
+        let identities = IdentityAllocator::new(Arc::clone(&kvstore), &node.name)?;
+        let mut engine = PolicyEngine::new(config.enable_policy);
+        for identity in identities.list() {
+            engine.add_identity(identity.id, identity.labels);
+        }
         let mut options = OptionSet::new(AGENT_OPTIONS);
         options.set("Debug", config.debug);
-        Ok(Agent {
+        let mut agent = Agent {
             config,
             node,
             ipam: Arc::new(ipam),
@@ -131,12 +159,19 @@ impl Agent {
                 endpoints,
                 state,
                 attaching: HashSet::new(),
+                policy: engine,
+                cidr_identities: BTreeMap::new(),
             })),
+            kvstore,
+            identities,
             options: Mutex::new(options),
             host_ready: Mutex::new(false),
             debug_switch,
-            warnings,
-        })
+            warnings: Vec::new(),
+        };
+        agent.restore_policy(&mut warnings)?;
+        agent.warnings = warnings;
+        Ok(agent)
     }
 
     pub fn node(&self) -> &Node {
@@ -185,9 +220,13 @@ impl Agent {
         } else {
             Status::new(StatusState::Warning, self.warnings.join("; "))
         };
+        let kvstore = match self.kvstore.status() {
+            Ok(msg) => Status::new(StatusState::Ok, msg),
+            Err(e) => Status::new(StatusState::Failure, e.to_string()),
+        };
         StatusResponse {
             cilium,
-            kvstore: Status::new(StatusState::Disabled, "no kvstore configured"),
+            kvstore,
             container_runtime: Status::new(StatusState::Disabled, "no runtime integration enabled"),
             kubernetes: Status::new(StatusState::Disabled, ""),
             ipam: self.ipam.status(),
@@ -215,6 +254,8 @@ impl Agent {
             ("node-address", show(c.node_address.map(|a| a.to_string()))),
             ("node-name", self.node.name.clone()),
             ("restore", c.restore.to_string()),
+            ("labels", c.label_filter.describe().join(",")),
+            ("kvstore", c.kvstore.clone()),
             (
                 "config",
                 show(c.config_file.as_ref().map(|p| p.display().to_string())),
@@ -223,13 +264,15 @@ impl Agent {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let mut mutable = lock(&self.options).to_map();
+        mutable.insert(
+            POLICY_ENFORCEMENT.to_string(),
+            self.enforcement().to_string(),
+        );
         DaemonConfigurationResponse {
             node_name: self.node.name.clone(),
             addressing: self.ipam.node_addressing(),
-            configuration: DaemonConfiguration {
-                mutable: lock(&self.options).to_map(),
-                immutable,
-            },
+            configuration: DaemonConfiguration { mutable, immutable },
         }
     }
 
@@ -238,7 +281,21 @@ impl Agent {
         &self,
         changes: &ConfigurationMap,
     ) -> Result<DaemonConfigurationResponse, AgentError> {
-        let changed = lock(&self.options).apply(changes)?;
+        let mut changes = changes.clone();
+        let enforcement = changes
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(POLICY_ENFORCEMENT))
+            .cloned()
+            .and_then(|k| changes.remove(&k));
+        if let Some(value) = &enforcement {
+            if crate::policy::Enforcement::parse(value).is_none() {
+                self.set_enforcement(value)?;
+            }
+        }
+        let changed = lock(&self.options).apply(&changes)?;
+        if let Some(value) = &enforcement {
+            self.set_enforcement(value)?;
+        }
         for (name, on) in changed {
             tracing::info!(option = %name, enabled = on, "agent option changed");
             if name == "Debug" {
@@ -324,7 +381,10 @@ impl Agent {
     /// `GET /endpoint/{id}`.
     pub fn endpoint_get(&self, id: &EndpointId) -> Result<Endpoint, AgentError> {
         let inner = lock(&self.inner);
-        Ok(inner.endpoints.find(id)?.to_api())
+        let record = inner.endpoints.find(id)?;
+        let mut api = record.to_api();
+        api.policy = self.endpoint_policy(&inner, record);
+        Ok(api)
     }
 
     /// `PUT /endpoint/{id}`: creates an endpoint and claims its addresses in IPAM. With a
@@ -344,11 +404,16 @@ impl Agent {
         }
         merge_path_id(id, &mut req)?;
         let mut inner = lock(&self.inner);
-        let record = self.new_record(&mut inner, id, &req)?;
+        let mut record = self.new_record(&mut inner, id, &req)?;
         let claims = self.claim_addresses(&inner, &record)?;
+        if let Err(e) = self.resolve_identity(&mut inner, &mut record) {
+            self.undo_claims(&claims);
+            return Err(e);
+        }
         if let Err(e) = self.persist_new_endpoint(&inner, &record) {
             self.undo_claims(&claims);
             let _ = self.persist_ipam(&inner);
+            self.release_endpoint_identity(&mut inner, &record);
             return Err(e.into());
         }
         tracing::info!(endpoint = record.id, container = %record.container_id, "endpoint created");
@@ -507,6 +572,9 @@ impl Agent {
             updated.set_state(state, "state changed through the API")?;
         }
         inner.endpoints.check_unique(&updated)?;
+        if req.labels.is_some() || req.state == Some(EndpointState::WaitingForIdentity) {
+            self.resolve_identity(&mut inner, &mut updated)?;
+        }
         self.save_endpoint(&mut inner, updated)
     }
 
@@ -569,6 +637,7 @@ impl Agent {
             .ok_or_else(|| EndpointError::NotFound(n.to_string()))?;
         // Every state may go to disconnected.
         let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
+        self.release_endpoint_identity(&mut inner, &record);
         let tag = record.owner_tag();
         let mut errors = Vec::new();
         for ip in record.addresses() {
@@ -608,6 +677,7 @@ impl Agent {
         let mut inner = lock(&self.inner);
         let mut updated = inner.endpoints.find(id)?.clone();
         updated.modify_labels(&add, &delete)?;
+        self.resolve_identity(&mut inner, &mut updated)?;
         let labels = updated.labels.clone();
         self.save_endpoint(&mut inner, updated)?;
         Ok(labels)

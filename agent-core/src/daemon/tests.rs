@@ -2,7 +2,7 @@ use std::fs;
 use std::path::Path;
 
 use cilium_api::models::{
-    AddressPair, EndpointChangeRequest, EndpointState, Family, LabelsModifier,
+    AddressPair, EndpointChangeRequest, EndpointState, Family, LabelsModifier, TraceSelector,
 };
 
 use super::*;
@@ -47,7 +47,14 @@ fn endpoint_claims_addresses_and_delete_releases_them() {
     let ep = create(&agent, "c1", pair.clone());
     assert_eq!(ep.id, 1);
     assert_eq!(ep.container_id, "c1");
-    assert_eq!(ep.state, EndpointState::WaitingForIdentity);
+    // Its identity is resolved at once: the first allocated id, for its labels.
+    assert_eq!(ep.state, EndpointState::Ready);
+    let identity = ep.identity.clone().unwrap();
+    assert_eq!(
+        (identity.id, identity.labels),
+        (256, vec!["container:app=web".to_string()])
+    );
+    assert_eq!(agent.identity_get(256).unwrap().references, Some(1));
     assert_eq!(
         agent.ipam.owner(&pair.ipv4.unwrap()).as_deref(),
         Some("endpoint:1")
@@ -77,6 +84,11 @@ fn endpoint_claims_addresses_and_delete_releases_them() {
     assert!(matches!(
         agent.endpoint_get(&id("1")),
         Err(AgentError::Endpoint(EndpointError::NotFound(_)))
+    ));
+    // The identity went with its last endpoint.
+    assert!(matches!(
+        agent.identity_get(256),
+        Err(AgentError::Identity(_))
     ));
 }
 
@@ -355,4 +367,208 @@ fn debug_option_switches_logging() {
     assert!(agent
         .patch_configuration(&[("Nope".to_string(), "1".to_string())].into())
         .is_err());
+}
+
+const APP1_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [{"matchLabels":{"id":"app2"}}],
+    "toPorts": [{"ports": [{"port": "80", "protocol": "tcp"}]}]
+  }],
+  "labels": ["unspec:guide=docker"]
+}]"#;
+
+fn create_labeled(agent: &Agent, container: &str, labels: &[&str]) -> Endpoint {
+    let req = EndpointChangeRequest {
+        labels: Some(labels.iter().map(|l| l.to_string()).collect()),
+        ..Default::default()
+    };
+    agent
+        .endpoint_create(&id(&format!("container-id:{container}")), req)
+        .unwrap()
+}
+
+#[test]
+fn identities_follow_labels_and_policy_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = start(tmp.path());
+    let a1 = create_labeled(&agent, "c1", &["container:id=app1"]);
+    let a1b = create_labeled(
+        &agent,
+        "c1b",
+        &["container:id=app1", "container:io.kubernetes.pod.name=x"],
+    );
+    let a2 = create_labeled(&agent, "c2", &["container:id=app2"]);
+    // Same identity-relevant labels, same identity: the pod name is filtered out.
+    let app1 = a1.identity.clone().unwrap().id;
+    assert_eq!(a1b.identity.clone().unwrap().id, app1);
+    assert_eq!(agent.identity_get(app1).unwrap().references, Some(2));
+    assert!(!a1.policy_enabled);
+
+    let reply = agent.policy_import(APP1_POLICY).unwrap();
+    assert_eq!(reply.revision, 1);
+    let ep = agent.endpoint_get(&id("container-id:c1")).unwrap();
+    assert!(ep.policy_enabled);
+    assert_eq!(ep.policy_revision, 1);
+    let table = ep.policy.unwrap();
+    assert!(table.ingress.enforcing && !table.egress.enforcing);
+    let app2 = a2.identity.clone().unwrap().id;
+    assert_eq!(table.ingress.entries.len(), 1);
+    assert_eq!(table.ingress.entries[0].identity, Some(app2));
+    assert_eq!(
+        (
+            table.ingress.entries[0].port,
+            table.ingress.entries[0].protocol.as_str()
+        ),
+        (80, "tcp")
+    );
+    assert!(
+        !agent
+            .endpoint_get(&id("container-id:c2"))
+            .unwrap()
+            .policy_enabled
+    );
+
+    // A trace by endpoint agrees.
+    let trace = agent
+        .policy_resolve(&TraceSelector {
+            from_endpoint: Some("container-id:c2".into()),
+            to_endpoint: Some("container-id:c1".into()),
+            dports: vec![cilium_api::models::PortProtocol {
+                port: 80,
+                protocol: "tcp".into(),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        trace.verdict,
+        cilium_api::models::Decision::Allowed,
+        "{}",
+        trace.log
+    );
+
+    // A label change moves the endpoint to another identity, and its policy with it.
+    let modifier = LabelsModifier {
+        add: vec!["container:id=app2".into()],
+        delete: vec!["container:id=app1".into()],
+    };
+    agent
+        .endpoint_labels_modify(&id("container-id:c1"), &modifier)
+        .unwrap();
+    let moved = agent.endpoint_get(&id("container-id:c1")).unwrap();
+    assert_eq!(moved.identity.clone().unwrap().id, app2);
+    assert!(!moved.policy_enabled);
+    assert_eq!(moved.state, EndpointState::Ready);
+    assert_eq!(agent.identity_get(app1).unwrap().references, Some(1));
+
+    // Bad policy: nothing imported, revision unchanged.
+    let err = agent
+        .policy_import(
+            r#"[{"endpointSelector":{"matchLabels":{"a":"b"}}},{"endpointSelector":{}}]"#,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("rule 1: endpointSelector"),
+        "{err}"
+    );
+    assert_eq!(agent.policy_get(&[]).unwrap().revision, 1);
+
+    // Enforcement mode, live.
+    agent
+        .patch_configuration(&[("PolicyEnforcement".to_string(), "always".to_string())].into())
+        .unwrap();
+    assert!(
+        agent
+            .endpoint_get(&id("container-id:c2"))
+            .unwrap()
+            .policy_enabled
+    );
+    assert_eq!(
+        agent
+            .configuration()
+            .configuration
+            .mutable
+            .get("PolicyEnforcement")
+            .map(String::as_str),
+        Some("always")
+    );
+    let err = agent
+        .patch_configuration(&[("PolicyEnforcement".to_string(), "sometimes".to_string())].into())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected default, always or never"),
+        "{err}"
+    );
+    agent
+        .patch_configuration(&[("PolicyEnforcement".to_string(), "default".to_string())].into())
+        .unwrap();
+
+    // Restart: rules, revision, identities and enforcement come back.
+    drop(agent);
+    let agent = start(tmp.path());
+    let policy = agent.policy_get(&[]).unwrap();
+    assert_eq!(policy.revision, 1);
+    assert!(
+        policy.policy.contains("\"any:id\": \"app1\""),
+        "{}",
+        policy.policy
+    );
+    let ep = agent.endpoint_get(&id("container-id:c1b")).unwrap();
+    assert_eq!(ep.identity.unwrap().id, app1);
+    assert!(ep.policy_enabled);
+    assert_eq!(ep.policy_revision, 1);
+    assert_eq!(agent.identity_get(app2).unwrap().references, Some(2));
+
+    // Delete by label, then everything.
+    let err = agent
+        .policy_delete(&["unspec:guide=k8s".parse().unwrap()])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Policy(crate::policy::PolicyError::NotFound(_))
+        ),
+        "{err}"
+    );
+    let deleted = agent
+        .policy_delete(&["guide=docker".parse().unwrap()])
+        .unwrap();
+    assert_eq!(deleted.revision, 2);
+    assert!(
+        !agent
+            .endpoint_get(&id("container-id:c1b"))
+            .unwrap()
+            .policy_enabled
+    );
+    assert_eq!(agent.policy_delete(&[]).unwrap().revision, 2);
+}
+
+#[test]
+fn cidr_rules_get_identities_that_go_with_the_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = start(tmp.path());
+    create_labeled(&agent, "c1", &["container:app=myService"]);
+    agent
+        .policy_import(r#"[{"endpointSelector":{"matchLabels":{"app":"myService"}},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.96.0.0/12"]}]}]}]"#)
+        .unwrap();
+    let cidr: Vec<_> = agent
+        .identity_list(&["cidr:10.0.0.0/8".parse().unwrap()])
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(cidr.len(), 1);
+    assert!(cidr[0] >= 1 << 24, "{cidr:?}");
+    let table = agent
+        .endpoint_get(&id("container-id:c1"))
+        .unwrap()
+        .policy
+        .unwrap();
+    assert_eq!(table.egress.entries.len(), 1, "{:?}", table.egress);
+    assert_eq!(table.egress.entries[0].identity, Some(cidr[0]));
+    agent.policy_delete(&[]).unwrap();
+    assert!(agent
+        .identity_list(&["cidr:10.0.0.0/8".parse().unwrap()])
+        .is_empty());
 }

@@ -344,6 +344,7 @@ impl EndpointRecord {
             identity: self.identity.clone(),
             policy_enabled: self.policy_enabled,
             policy_revision: self.policy_revision,
+            policy: None,
             options: self.options.to_map(),
         }
     }

@@ -27,6 +27,10 @@ impl Registry {
         self.endpoints.values()
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut EndpointRecord> {
+        self.endpoints.values_mut()
+    }
+
     pub fn contains(&self, id: u16) -> bool {
         self.endpoints.contains_key(&id)
     }
