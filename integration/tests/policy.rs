@@ -42,6 +42,13 @@ fn endpoint(agent: &Agent, container: &Netns) -> Endpoint {
     serde_json::from_str(&body).expect("endpoint")
 }
 
+/// `cilium policy trace ARGS...`: the trace it prints.
+fn trace(agent: &Agent, args: &[&str]) -> String {
+    let mut argv = vec!["policy", "trace"];
+    argv.extend_from_slice(args);
+    agent.cli(&argv).ok()
+}
+
 /// The row of `cilium endpoint list` for an endpoint id.
 fn row(list: &str, id: u16) -> String {
     list.lines()
@@ -156,53 +163,47 @@ fn seed_docker_guide_policy_through_the_cli_and_across_a_restart() {
     );
 
     // Trace, by labels and by endpoint.
-    let allowed = node
-        .agent
-        .cli(&[
-            "policy",
-            "trace",
+    let allowed = trace(
+        &node.agent,
+        &[
             "-s",
             "container:id=app2",
             "-d",
             "container:id=app1",
             "--dport",
             "80/tcp",
-        ])
-        .ok();
+        ],
+    );
     assert!(
         allowed.contains("L3 verdict: allowed") && allowed.trim_end().ends_with("Verdict: allowed"),
         "{allowed}"
     );
-    let denied = node
-        .agent
-        .cli(&[
-            "policy",
-            "trace",
+    let denied = trace(
+        &node.agent,
+        &[
             "--src-endpoint",
             &e3.id.to_string(),
             "--dst-endpoint",
             &e1.id.to_string(),
             "--dport",
             "80",
-        ])
-        .ok();
+        ],
+    );
     assert!(
         denied.contains("L3 verdict: denied") && denied.trim_end().ends_with("Verdict: denied"),
         "{denied}"
     );
-    let other_port = node
-        .agent
-        .cli(&[
-            "policy",
-            "trace",
+    let other_port = trace(
+        &node.agent,
+        &[
             "-s",
             "container:id=app2",
             "-d",
             "container:id=app1",
             "--dport",
             "8080",
-        ])
-        .ok();
+        ],
+    );
     assert!(
         other_port.trim_end().ends_with("Verdict: denied"),
         "{other_port}"
@@ -228,19 +229,17 @@ fn seed_docker_guide_policy_through_the_cli_and_across_a_restart() {
     );
     let list = node.agent.cli(&["endpoint", "list"]).ok();
     assert!(row(&list, e1.id).contains("Enabled"), "{list}");
-    let denied = node
-        .agent
-        .cli(&[
-            "policy",
-            "trace",
+    let denied = trace(
+        &node.agent,
+        &[
             "-s",
             "container:id=app3",
             "-d",
             "container:id=app1",
             "--dport",
             "80",
-        ])
-        .ok();
+        ],
+    );
     assert!(denied.trim_end().ends_with("Verdict: denied"), "{denied}");
 
     // Delete by label, then --all on an empty repository.

@@ -502,7 +502,7 @@ pub fn labels(l: &LabelConfiguration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use cilium_api::models::{
         AddressPair, DaemonConfiguration, EndpointPolicy, EndpointState, IpamStatus,
         NodeAddressing, StatusState,
@@ -510,7 +510,8 @@ mod tests {
 
     use super::*;
 
-    fn endpoint(id: u16, labels: &[&str]) -> Endpoint {
+    /// A ready endpoint with addresses and identity 256, for formatting tests.
+    pub(crate) fn endpoint(id: u16, labels: &[&str]) -> Endpoint {
         Endpoint {
             id,
             container_id: String::new(),

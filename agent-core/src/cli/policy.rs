@@ -370,7 +370,6 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use cilium_api::models::{AddressPair, Identity};
     use clap::Parser;
 
     use super::super::{Cli, Command};
@@ -382,34 +381,10 @@ mod tests {
 
     fn endpoint(id: u16, state: EndpointState, revision: u64) -> Endpoint {
         Endpoint {
-            id,
-            container_id: String::new(),
-            container_name: String::new(),
-            docker_endpoint_id: String::new(),
-            docker_network_id: String::new(),
-            pod_name: String::new(),
-            labels: vec![],
-            interface_name: String::new(),
-            interface_index: 0,
             state,
-            status: vec![],
-            mac: String::new(),
-            host_mac: String::new(),
-            addressing: AddressPair::default(),
-            gateway: AddressPair::default(),
-            netns_path: String::new(),
-            container_interface_name: String::new(),
-            mtu: 0,
-            cni_network: String::new(),
-            identity: Some(Identity {
-                id: 256,
-                labels: vec![],
-                references: None,
-            }),
             policy_enabled: true,
             policy_revision: revision,
-            policy: None,
-            options: Default::default(),
+            ..super::super::format::tests::endpoint(id, &[])
         }
     }
 
