@@ -287,14 +287,14 @@ impl Agent {
             .find(|k| k.eq_ignore_ascii_case(POLICY_ENFORCEMENT))
             .cloned()
             .and_then(|k| changes.remove(&k));
-        if let Some(value) = &enforcement {
-            if crate::policy::Enforcement::parse(value).is_none() {
-                self.set_enforcement(value)?;
-            }
-        }
+        // Validate everything before changing anything.
+        let mode = enforcement
+            .as_deref()
+            .map(policy::parse_enforcement)
+            .transpose()?;
         let changed = lock(&self.options).apply(&changes)?;
-        if let Some(value) = &enforcement {
-            self.set_enforcement(value)?;
+        if let Some(mode) = mode {
+            self.set_enforcement(mode);
         }
         for (name, on) in changed {
             tracing::info!(option = %name, enabled = on, "agent option changed");

@@ -353,21 +353,14 @@ impl Agent {
         Ok(self.config.label_filter.identity_labels(&parsed))
     }
 
-    /// `PATCH /config` of `PolicyEnforcement`.
-    pub(super) fn set_enforcement(&self, value: &str) -> Result<(), AgentError> {
-        let mode = Enforcement::parse(value).ok_or_else(|| {
-            AgentError::Invalid(format!(
-                "invalid value '{value}' for option {POLICY_ENFORCEMENT}: expected default, \
-                 always or never"
-            ))
-        })?;
+    /// `PATCH /config` of `PolicyEnforcement` (validated with [`parse_enforcement`]).
+    pub(super) fn set_enforcement(&self, mode: Enforcement) {
         let mut inner = lock(&self.inner);
         if inner.policy.mode() != mode {
             let change = inner.policy.set_mode(mode);
             self.apply_change(&mut inner, &change);
             tracing::info!(mode = %mode, "policy enforcement changed");
         }
-        Ok(())
     }
 
     pub(super) fn enforcement(&self) -> Enforcement {
@@ -378,7 +371,6 @@ impl Agent {
 
     /// `GET /identity`, with an optional label filter.
     pub fn identity_list(&self, filter: &[Label]) -> Vec<models::Identity> {
-        let _inner = lock(&self.inner);
         self.identities
             .list()
             .into_iter()
@@ -392,7 +384,6 @@ impl Agent {
 
     /// `GET /identity/{id}`.
     pub fn identity_get(&self, id: u32) -> Result<models::Identity, AgentError> {
-        let _inner = lock(&self.inner);
         self.identities
             .get(id)
             .map(|i| i.to_api(Some(self.identities.references(id))))
@@ -477,6 +468,16 @@ impl Agent {
         self.apply_change(&mut inner, &change);
         Ok(())
     }
+}
+
+/// The value of the `PolicyEnforcement` option.
+pub(super) fn parse_enforcement(value: &str) -> Result<Enforcement, AgentError> {
+    Enforcement::parse(value).ok_or_else(|| {
+        AgentError::Invalid(format!(
+            "invalid value '{value}' for option {POLICY_ENFORCEMENT}: expected default, always \
+             or never"
+        ))
+    })
 }
 
 /// Labels of the identity of a CIDR prefix.
