@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables
+TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3
 
 deps:
 	@install/deps.sh
@@ -49,6 +49,7 @@ bench: deps
 	$(CARGO) run --release -p integration --bin bench-ipam
 	$(CARGO) run --release -p integration --bin bench-cni
 	$(CARGO) run --release -p integration --bin bench-policy
+	$(CARGO) run --release -p integration --bin bench-datapath
 
 clean:
 	$(CARGO) clean

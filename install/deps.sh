@@ -4,7 +4,8 @@
 # Usage: install/deps.sh [extra-debian-package ...]
 set -euo pipefail
 
-packages=(iproute2 ca-certificates gcc libc6-dev make "$@")
+# clang, llvm and libbpf-dev: the build compiles the eBPF programs of bpf-programs/.
+packages=(iproute2 ca-certificates gcc libc6-dev make clang llvm libbpf-dev "$@")
 
 missing=()
 for p in "${packages[@]}"; do

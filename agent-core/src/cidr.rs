@@ -42,6 +42,11 @@ impl Cidr {
         Family::of(&self.network)
     }
 
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix
+    }
+
     /// Address bits of the family: 32 or 128.
     pub fn bits(&self) -> u8 {
         bits_of(&self.network)

@@ -16,6 +16,8 @@ use crate::policy::Enforcement;
 
 pub const DEFAULT_SOCKET_PATH: &str = cilium_api::DEFAULT_SOCKET_PATH;
 pub const DEFAULT_STATE_DIR: &str = "/var/run/cilium/state";
+/// Default path of the BPF filesystem.
+pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf";
 
 /// Errors in flags, environment or the config file.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,10 @@ pub struct AgentArgs {
     /// Key-value store backend [default: embedded]
     #[arg(long, env = "CILIUM_KVSTORE", value_name = "BACKEND")]
     pub kvstore: Option<String>,
+    /// Path of the BPF filesystem; maps are pinned under `<path>/tc/globals` (mounted if
+    /// it is not a bpffs yet) [default: /sys/fs/bpf]
+    #[arg(long, env = "CILIUM_BPF_ROOT", value_name = "PATH")]
+    pub bpf_root: Option<PathBuf>,
 }
 
 /// Keys a config file may hold.
@@ -130,6 +136,7 @@ const FILE_KEYS: &[&str] = &[
     "labels",
     "label-prefix-file",
     "kvstore",
+    "bpf-root",
 ];
 
 /// The effective configuration.
@@ -152,6 +159,9 @@ pub struct AgentConfig {
     pub label_filter: LabelFilter,
     /// Key-value store backend (only `embedded` so far).
     pub kvstore: String,
+    /// The BPF filesystem of the datapath; `None` runs the agent without a datapath (only
+    /// for tests of the control plane: `cilium-agent` always has one).
+    pub bpf_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -172,6 +182,7 @@ impl AgentConfig {
             enable_policy: Enforcement::Default,
             label_filter: LabelFilter::default(),
             kvstore: "embedded".to_string(),
+            bpf_root: None,
         }
     }
 }
@@ -289,6 +300,7 @@ impl AgentArgs {
             kvstore,
             socket_path: path(self.socket_path, "socket-path", DEFAULT_SOCKET_PATH),
             state_dir: path(self.state_dir, "state-dir", DEFAULT_STATE_DIR),
+            bpf_root: Some(path(self.bpf_root, "bpf-root", DEFAULT_BPF_ROOT)),
             ipv4_range: cidr(text(self.ipv4_range, "ipv4-range"), "ipv4-range", "ipv4")?,
             ipv6_range: cidr(text(self.ipv6_range, "ipv6-range"), "ipv6-range", "ipv6")?,
             enable_ipv4,

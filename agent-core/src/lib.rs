@@ -6,6 +6,7 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod datapath;
 pub mod endpoint;
 pub mod identity;
 pub mod ipam;

@@ -133,6 +133,7 @@ impl Agent for FakeAgent {
             container_runtime: ok(),
             kubernetes: ok(),
             ipam: Default::default(),
+            datapath: None,
             version: "fake".into(),
         })
     }

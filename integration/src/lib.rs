@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod cni;
 pub mod image;
+pub mod traffic;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -130,8 +131,42 @@ pub struct Agent {
     child: Option<Child>,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// The agent's private BPF filesystem (`--bpf-root`).
+    pub bpf_root: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+}
+
+/// How many harness agents use each private bpffs mount: the last one to go unmounts it,
+/// so an agent restarted on the same directory finds the pins of the previous one.
+static BPF_MOUNTS: std::sync::Mutex<Vec<(PathBuf, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// Mounts a private BPF filesystem at `path` (once per path while agents use it).
+pub fn bpffs_acquire(path: &Path) {
+    let mut mounts = BPF_MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(entry) = mounts.iter_mut().find(|(p, _)| p == path) {
+        entry.1 += 1;
+        return;
+    }
+    std::fs::create_dir_all(path).expect("bpf root dir");
+    run_ok(
+        "mount",
+        &["-t", "bpf", "bpffs", &path.display().to_string()],
+    );
+    mounts.push((path.to_path_buf(), 1));
+}
+
+/// Drops one use of a private bpffs; unmounts it with the last (pins, maps and links go).
+pub fn bpffs_release(path: &Path) {
+    let mut mounts = BPF_MOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(i) = mounts.iter().position(|(p, _)| p == path) else {
+        return;
+    };
+    mounts[i].1 -= 1;
+    if mounts[i].1 == 0 {
+        mounts.remove(i);
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
 }
 
 /// A test's private directory.
@@ -167,10 +202,14 @@ impl Agent {
             }
             None => Command::new(bin("cilium-agent")),
         };
+        let bpf_root = dir.join("bpf");
+        bpffs_acquire(&bpf_root);
         cmd.arg("--socket-path")
             .arg(socket)
             .arg("--state-dir")
-            .arg(state_dir);
+            .arg(state_dir)
+            .arg("--bpf-root")
+            .arg(&bpf_root);
         if opts.fixed_ranges {
             cmd.args(["--ipv4-range", IPV4_RANGE, "--ipv6-range", IPV6_RANGE]);
             cmd.args(["--node-address", "192.0.2.23", "--node-name", "it-node"]);
@@ -188,6 +227,7 @@ impl Agent {
             child: Some(child),
             socket: socket.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
+            bpf_root,
             stdout,
             stderr,
         }
@@ -285,6 +325,7 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+        bpffs_release(&self.bpf_root);
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -15,9 +16,10 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::models::{
-    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth,
-    ErrorResponse, Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration,
-    LabelsModifier, PartialDelete, Policy, StatusResponse, TraceResult, TraceSelector,
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfPolicyDump, ConfigurationMap,
+    DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth, ErrorResponse,
+    Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
+    MonitorEvent, PartialDelete, Policy, StatusResponse, TraceResult, TraceSelector,
 };
 use crate::{path, EndpointId, API_BASE};
 
@@ -403,6 +405,196 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /map/endpoint`: the datapath's endpoint map (`cilium bpf endpoint list`).
+    pub async fn bpf_endpoint_list(&self) -> Result<Vec<BpfEndpointEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/map/endpoint", None).await?.1)
+    }
+
+    /// `GET /map/ipcache`: the datapath's prefix -> identity map (`cilium bpf ipcache list`).
+    pub async fn bpf_ipcache_list(&self) -> Result<Vec<BpfIpcacheEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/map/ipcache", None).await?.1)
+    }
+
+    /// `GET /map/ct`: the datapath's conntrack entries (`cilium bpf ct list global`).
+    pub async fn bpf_ct_list(&self) -> Result<Vec<BpfCtEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/map/ct", None).await?.1)
+    }
+
+    /// `GET /map/policy/{id}`: the datapath's policy entries of an endpoint, with their
+    /// counters (`cilium bpf policy list`).
+    pub async fn bpf_policy_get(&self, id: &EndpointId) -> Result<BpfPolicyDump, ClientError> {
+        let path = format!("/map/policy/{}", path::encode(&id.to_string()));
+        Ok(self.call(Method::GET, &path, None).await?.1)
+    }
+
+    /// `GET /monitor`: subscribes to the datapath events, all of them or only those of `kind`
+    /// (`drop`, `trace`, `debug`; the agent refuses others with 400). Uses a connection of
+    /// its own, so the client stays usable for other requests meanwhile. An error status
+    /// (503 when the agent runs without a datapath) is returned here; after that, read the
+    /// records with [`MonitorEvents::next`].
+    pub async fn monitor(&self, kind: Option<&str>) -> Result<MonitorEvents, ClientError> {
+        let path_and_query = match kind {
+            Some(kind) => format!("/monitor?type={}", path::encode(kind)),
+            None => "/monitor".to_string(),
+        };
+        let uri = format!("{API_BASE}{path_and_query}");
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(&uri)
+            .header(header::HOST, "cilium-agent")
+            .header(header::ACCEPT, "application/x-ndjson")
+            .body(Full::new(Bytes::new()))
+            .map_err(|source| ClientError::Request {
+                path: uri.clone(),
+                source,
+            })?;
+        let http_err = |source| ClientError::Http {
+            method: Method::GET,
+            path: uri.clone(),
+            source,
+        };
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await.map_err(http_err)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(http_err)?
+                .to_bytes();
+            return Err(api_error(status, &body));
+        }
+        Ok(MonitorEvents {
+            body: response.into_body(),
+            lines: LineBuffer::default(),
+            ended: false,
+            uri,
+            _connection: sender,
+        })
+    }
+}
+
+/// Longest record line accepted from the monitor stream.
+const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The records of a `GET /monitor` stream, read line by line as they arrive. Dropping it
+/// closes the connection, which ends the subscription in the agent.
+#[derive(Debug)]
+pub struct MonitorEvents {
+    body: Incoming,
+    lines: LineBuffer,
+    ended: bool,
+    uri: String,
+    /// Keeps the connection's request side open while the stream is read.
+    _connection: SendRequest<Full<Bytes>>,
+}
+
+impl MonitorEvents {
+    /// The next record; `None` when the agent ended the stream. A line that is not a record
+    /// gives a [`ClientError::Decode`] and reading may go on; a broken connection gives
+    /// [`ClientError::Http`] and ends the stream.
+    pub async fn next(&mut self) -> Option<Result<MonitorEvent, ClientError>> {
+        loop {
+            let line = match self.lines.next_line() {
+                Some(line) => Some(line),
+                None if self.ended => self.lines.rest(),
+                None => None,
+            };
+            if let Some(line) = line {
+                return Some(self.parse(&line));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.lines.push(&data);
+                        if self.lines.pending() > MAX_RECORD_BYTES {
+                            self.lines = LineBuffer::default();
+                            return Some(Err(self.decode_error(format!(
+                                "a record is longer than {MAX_RECORD_BYTES} bytes"
+                            ))));
+                        }
+                    }
+                }
+                Some(Err(source)) => {
+                    self.ended = true;
+                    self.lines = LineBuffer::default();
+                    return Some(Err(ClientError::Http {
+                        method: Method::GET,
+                        path: self.uri.clone(),
+                        source,
+                    }));
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn parse(&self, line: &[u8]) -> Result<MonitorEvent, ClientError> {
+        serde_json::from_slice(line).map_err(|source| ClientError::Decode {
+            what: format!("a record of GET {}", self.uri),
+            source,
+        })
+    }
+
+    fn decode_error(&self, message: String) -> ClientError {
+        ClientError::Decode {
+            what: format!("a record of GET {}", self.uri),
+            source: <serde_json::Error as serde::de::Error>::custom(message),
+        }
+    }
+}
+
+/// Splits a byte stream into lines, whatever the chunks it arrives in. Blank lines are
+/// skipped; a trailing `\r` is removed.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already known to hold no newline.
+    scanned: usize,
+}
+
+impl LineBuffer {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes waiting for the end of their line.
+    fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let at = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            let Some(at) = at else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            let mut line: Vec<u8> = self.buf.drain(..=self.scanned + at).collect();
+            self.scanned = 0;
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// What is left after the last newline, at the end of the stream.
+    fn rest(&mut self) -> Option<Vec<u8>> {
+        self.scanned = 0;
+        let rest = std::mem::take(&mut self.buf);
+        (!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest)
+    }
+}
+
 /// `base` with a `?labels=a,b` filter when `labels` is not empty; each label is
 /// percent-encoded, the separating commas are not.
 fn with_labels(base: &str, labels: &[String]) -> String {
@@ -605,6 +797,85 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.status(), Some(404));
+    }
+
+    #[test]
+    fn lines_split_across_chunks() {
+        let mut lines = LineBuffer::default();
+        lines.push(b"{\"type\":\"dr");
+        assert_eq!(lines.next_line(), None);
+        lines.push(b"op\"}\n\n{\"type\":");
+        assert_eq!(lines.next_line().unwrap(), br#"{"type":"drop"}"#);
+        assert_eq!(lines.next_line(), None);
+        lines.push(b"\"lost\"}\r\n{\"type\":\"trace\"}");
+        assert_eq!(lines.next_line().unwrap(), br#"{"type":"lost"}"#);
+        assert_eq!(lines.next_line(), None);
+        assert_eq!(lines.pending(), 16);
+        assert_eq!(lines.rest().unwrap(), br#"{"type":"trace"}"#);
+        assert_eq!(lines.rest(), None);
+        // Byte by byte.
+        let text = b"{\"a\":1}\n \n{\"b\":2}\n";
+        let mut got = Vec::new();
+        for b in text {
+            lines.push(&[*b]);
+            while let Some(line) = lines.next_line() {
+                got.push(String::from_utf8(line).unwrap());
+            }
+        }
+        assert_eq!(got, vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+    }
+
+    #[tokio::test]
+    async fn monitor_reads_records_until_the_stream_ends() {
+        let agent = FakeAgent::start(
+            200,
+            "{\"type\":\"drop\",\"code\":133,\"message\":\"Policy denied (L3)\"}\n\
+             {\"type\":\"lost\",\"lost\":4}\n\
+             not json\n\
+             {\"type\":\"trace\",\"code\":2}",
+        );
+        let client = agent.client();
+        let mut events = client.monitor(Some("drop")).await.unwrap();
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!((first.kind.as_str(), first.code), ("drop", 133));
+        assert_eq!(events.next().await.unwrap().unwrap().lost, 4);
+        let err = events.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, ClientError::Decode { .. }), "{err}");
+        assert_eq!(events.next().await.unwrap().unwrap().kind, "trace");
+        assert!(events.next().await.is_none());
+        assert!(events.next().await.is_none());
+        assert_eq!(agent.requests()[0].1, "/v1/monitor?type=drop");
+
+        let agent = FakeAgent::start(503, r#"{"error":"the eBPF datapath is not running: off"}"#);
+        let err = agent.client().monitor(None).await.unwrap_err();
+        assert_eq!(err.status(), Some(503));
+        assert!(err.to_string().contains("datapath is not running"), "{err}");
+        assert_eq!(agent.requests()[0].1, "/v1/monitor");
+    }
+
+    #[tokio::test]
+    async fn bpf_map_paths() {
+        let agent = FakeAgent::start(200, "[]");
+        let client = agent.client();
+        assert!(client.bpf_endpoint_list().await.unwrap().is_empty());
+        assert!(client.bpf_ipcache_list().await.unwrap().is_empty());
+        assert!(client.bpf_ct_list().await.unwrap().is_empty());
+        let agent2 = FakeAgent::start(
+            200,
+            r#"{"endpoint-id":29898,"ingress-enforced":true,"egress-enforced":false,
+                "entries":[{"direction":"ingress","identity":1,"labels":["reserved:host"],
+                "port":0,"protocol":"ANY","action":"allow","bytes":0,"packets":0}]}"#,
+        );
+        let id: EndpointId = "pod-name:default/web".parse().unwrap();
+        let dump = agent2.client().bpf_policy_get(&id).await.unwrap();
+        assert_eq!(dump.endpoint_id, 29898);
+        assert_eq!(dump.entries[0].labels, vec!["reserved:host".to_string()]);
+        let paths: Vec<String> = agent.requests().into_iter().map(|r| r.1).collect();
+        assert_eq!(paths, ["/v1/map/endpoint", "/v1/map/ipcache", "/v1/map/ct"]);
+        assert_eq!(
+            agent2.requests()[0].1,
+            "/v1/map/policy/pod-name:default%2Fweb"
+        );
     }
 
     #[tokio::test]

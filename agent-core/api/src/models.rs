@@ -73,6 +73,175 @@ pub struct StatusResponse {
     /// Version of the agent binary.
     #[serde(default)]
     pub version: String,
+    /// The eBPF datapath: programs loaded, and its packet counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<DatapathStatus>,
+}
+
+/// State and counters of the eBPF datapath.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DatapathStatus {
+    pub status: Status,
+    /// Where the maps are pinned (`<bpf-root>/tc/globals`).
+    #[serde(default)]
+    pub pin_path: String,
+    /// Forwarded (reason 0) and dropped packets by reason and direction, summed over CPUs.
+    #[serde(default)]
+    pub counters: Vec<DatapathCounter>,
+    /// Monitor events the ring buffer or a slow reader lost since the agent started.
+    #[serde(default)]
+    pub events_lost: u64,
+}
+
+/// One counter of `cilium_metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DatapathCounter {
+    /// 0 = forwarded, otherwise the drop reason code.
+    pub reason: u8,
+    /// "Forwarded" or the drop reason text, e.g. "Policy denied (L3)".
+    pub description: String,
+    /// "ingress" (towards endpoints) or "egress" (from endpoints).
+    pub direction: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One record of `GET /monitor` (a stream of JSON objects, one per line, content type
+/// `application/x-ndjson`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MonitorEvent {
+    /// "drop", "trace", "debug", or "lost" (events missed by this reader); "unknown" for an
+    /// event type the agent does not know.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Drop reason code, trace point or debug code.
+    #[serde(default)]
+    pub code: u8,
+    /// Drop reason text, trace point name ("from-endpoint", "to-endpoint", "to-stack") or
+    /// the debug message.
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub cpu: u32,
+    /// Endpoint whose program reported the event (0 = unknown).
+    #[serde(default)]
+    pub source: u16,
+    /// Local destination endpoint (0 = none).
+    #[serde(default)]
+    pub dst_endpoint: u16,
+    #[serde(default)]
+    pub src_identity: u32,
+    #[serde(default)]
+    pub dst_identity: u32,
+    #[serde(default)]
+    pub ifindex: u32,
+    #[serde(default)]
+    pub hash: u32,
+    /// Length of the packet on the wire.
+    #[serde(default)]
+    pub length: u32,
+    /// One-line summary of the decoded packet, e.g.
+    /// `10.11.13.37:40312 -> 10.11.101.61:80 tcp SYN` or `... EchoRequest`.
+    #[serde(default)]
+    pub summary: String,
+    /// Decoded headers, one per line, for `-v`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
+    /// The captured bytes (up to 128) as lowercase hex, for `--hex`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    /// For "lost": how many events were missed.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub lost: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One entry of `cilium_lxc` (`cilium bpf endpoint list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfEndpointEntry {
+    pub ip: IpAddr,
+    pub endpoint_id: u16,
+    pub identity: u32,
+    pub ifindex: u32,
+    pub mac: String,
+    pub node_mac: String,
+    /// "policy-ingress", "policy-egress", "debug".
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+/// One entry of `cilium_ipcache` (`cilium bpf ipcache list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfIpcacheEntry {
+    /// CIDR notation.
+    pub prefix: String,
+    pub identity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_endpoint: Option<IpAddr>,
+}
+
+/// One entry of `cilium_policy` for an endpoint (`cilium bpf policy list <endpoint>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfPolicyEntry {
+    /// "ingress" or "egress".
+    pub direction: String,
+    /// Remote identity; 0 = any.
+    pub identity: u32,
+    /// Labels of the identity (empty for "any" and unknown identities).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// 0 = any.
+    pub port: u16,
+    /// "TCP", "UDP" or "ANY".
+    pub protocol: String,
+    /// "allow", "redirect" or "l4-only" (a marker: the identity has port-restricted entries).
+    pub action: String,
+    #[serde(default)]
+    pub proxy_port: u16,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// `cilium bpf policy list <endpoint>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfPolicyDump {
+    pub endpoint_id: u16,
+    /// Whether each direction is enforced (flags of the endpoint entry).
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    pub entries: Vec<BpfPolicyEntry>,
+}
+
+/// One entry of `cilium_ct4`/`cilium_ct6` (`cilium bpf ct list global`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfCtEntry {
+    /// "TCP", "UDP", "ICMP", "ICMPv6" or the protocol number.
+    pub protocol: String,
+    /// "in" (created by the receiving endpoint) or "out" (by the sending endpoint).
+    pub direction: String,
+    pub source: String,
+    pub destination: String,
+    /// Seconds until the entry expires (0 = expired, waiting for garbage collection).
+    pub expires_in: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub src_identity: u32,
+    /// "seen-reply", "tx-closing", "rx-closing".
+    #[serde(default)]
+    pub flags: Vec<String>,
 }
 
 /// The addressing of one family on this node.

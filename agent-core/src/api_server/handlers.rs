@@ -1,6 +1,7 @@
 //! Request handling: routes a request, reads its body within the size limit, parses it into a
 //! call on the [`Agent`], and turns the result (or the error) into a JSON reply with the
 //! status codes of the API reference. The one place where errors become HTTP statuses.
+//! `GET /monitor` is the one reply whose body is streamed (see [`super::stream`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -15,13 +16,16 @@ use cilium_api::models::{
 };
 use cilium_api::{EndpointId, MAX_BODY_BYTES};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::routes::{Route, RouteError};
+use super::stream::{MonitorFilter, MonitorStream};
 use crate::daemon::{Agent, AgentError};
+use crate::datapath::DatapathError;
 use crate::endpoint::EndpointError;
 use crate::identity::IdentityError;
 use crate::ipam::IpamError;
@@ -31,8 +35,11 @@ use crate::link::LinkError;
 use crate::netns::NetnsError;
 use crate::policy::PolicyError;
 
-/// A reply: status and JSON body.
-pub type Reply = Response<Full<Bytes>>;
+/// The body of a reply: a whole JSON document, or the stream of `GET /monitor`.
+pub type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A reply: status and body.
+pub type Reply = Response<ReplyBody>;
 
 /// An error reply in the making.
 #[derive(Debug)]
@@ -104,6 +111,10 @@ pub fn status_of(e: &AgentError) -> u16 {
             PolicyError::NotFound(_) => 404,
             PolicyError::Json(_) | PolicyError::Format(_) | PolicyError::Invalid { .. } => 400,
         },
+        AgentError::Datapath(e) => match e {
+            DatapathError::Disabled(_) => 503,
+            _ => 500,
+        },
     }
 }
 
@@ -115,13 +126,26 @@ fn json_reply<T: Serialize>(status: u16, value: &T) -> Reply {
 }
 
 fn build(status: u16, body: Vec<u8>) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// 200 with a body of newline-delimited JSON records, sent as they come.
+fn stream_reply(stream: MonitorStream) -> Reply {
+    let mut response = Response::new(stream.boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(super::stream::CONTENT_TYPE),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -285,7 +309,7 @@ fn ip_param(raw: &str) -> Result<IpAddr, Failure> {
 }
 
 fn dispatch(
-    agent: &Agent,
+    agent: &Arc<Agent>,
     route: Route,
     method: &Method,
     query: &str,
@@ -447,6 +471,35 @@ fn dispatch(
             no_query(query)?;
             let selector: TraceSelector = json_body(body, "a trace selector")?;
             Ok(json_reply(200, &agent.policy_resolve(&selector)?))
+        }
+        (Route::Monitor, Method::GET) => {
+            let params = query_params(query, &["type"])?;
+            let filter = params
+                .get("type")
+                .map(|t| t.parse::<MonitorFilter>().map_err(|e| Failure::new(400, e)))
+                .transpose()?;
+            let events = agent.monitor_subscribe()?;
+            let counter = Arc::clone(agent);
+            Ok(stream_reply(
+                MonitorStream::new(events, filter)
+                    .with_lost_hook(Box::new(move |n| counter.monitor_lost(n))),
+            ))
+        }
+        (Route::MapEndpoint, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_endpoints()?))
+        }
+        (Route::MapIpcache, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_ipcache()?))
+        }
+        (Route::MapCt, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_ct()?))
+        }
+        (Route::MapPolicy(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_policy(&endpoint_id(&id)?)?))
         }
         (route, method) => Err(Failure::new(
             405,

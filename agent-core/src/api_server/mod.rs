@@ -4,6 +4,7 @@
 
 pub mod handlers;
 pub mod routes;
+pub mod stream;
 
 use std::fs::{self, File};
 use std::future::Future;

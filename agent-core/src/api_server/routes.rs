@@ -66,6 +66,26 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/policy/resolve",
         methods: &[Method::GET],
     },
+    RouteSpec {
+        template: "/monitor",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/map/endpoint",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/map/ipcache",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/map/ct",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/map/policy/{id}",
+        methods: &[Method::GET],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -84,6 +104,16 @@ pub enum Route {
     Identity(String),
     Policy,
     PolicyResolve,
+    /// The stream of datapath events.
+    Monitor,
+    /// The datapath's endpoint map.
+    MapEndpoint,
+    /// The datapath's ipcache (prefix -> identity).
+    MapIpcache,
+    /// The datapath's conntrack tables.
+    MapCt,
+    /// The datapath's policy entries of one endpoint.
+    MapPolicy(String),
 }
 
 /// Why a path did not resolve.
@@ -121,6 +151,11 @@ impl Route {
             ["identity", id] => Ok(Route::Identity(param(id)?)),
             ["policy"] => Ok(Route::Policy),
             ["policy", "resolve"] => Ok(Route::PolicyResolve),
+            ["monitor"] => Ok(Route::Monitor),
+            ["map", "endpoint"] => Ok(Route::MapEndpoint),
+            ["map", "ipcache"] => Ok(Route::MapIpcache),
+            ["map", "ct"] => Ok(Route::MapCt),
+            ["map", "policy", id] => Ok(Route::MapPolicy(param(id)?)),
             _ => Err(RouteError::NotFound),
         }
     }
@@ -141,6 +176,11 @@ impl Route {
             Route::Identity(_) => 10,
             Route::Policy => 11,
             Route::PolicyResolve => 12,
+            Route::Monitor => 13,
+            Route::MapEndpoint => 14,
+            Route::MapIpcache => 15,
+            Route::MapCt => 16,
+            Route::MapPolicy(_) => 17,
         };
         &ROUTES[index]
     }
@@ -179,6 +219,16 @@ mod tests {
             Route::parse("/v1/endpoint/%zz"),
             Err(RouteError::BadEncoding)
         );
+        assert_eq!(
+            Route::parse("/v1/map/policy/container-id:abc").unwrap(),
+            Route::MapPolicy("container-id:abc".into())
+        );
+        assert_eq!(
+            Route::parse("/v1/map/policy/pod-name:default%2Fweb").unwrap(),
+            Route::MapPolicy("pod-name:default/web".into())
+        );
+        assert_eq!(Route::parse("/v1/monitor/").unwrap(), Route::Monitor);
+        assert_eq!(Route::parse("/v1/map/ct").unwrap(), Route::MapCt);
     }
 
     #[test]
@@ -192,6 +242,11 @@ mod tests {
             "/v1/endpoint//config",
             "/v1/endpoint/1/bogus",
             "/v1/ipam/1/2",
+            "/v1/map",
+            "/v1/map/policy",
+            "/v1/map/policy/1/2",
+            "/v1/map/tunnel",
+            "/v1/monitor/drop",
             "/healthz",
         ] {
             assert_eq!(Route::parse(p), Err(RouteError::NotFound), "{p}");

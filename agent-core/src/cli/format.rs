@@ -5,14 +5,14 @@
 use std::fmt::Write;
 
 use cilium_api::models::{
-    ConfigurationMap, DaemonConfigurationResponse, DirectionPolicy, Endpoint, HttpRuleModel,
-    Identity, LabelConfiguration, NodeAddressingElement, Policy, PolicyAction, PolicyEntry, Status,
-    StatusResponse,
+    ConfigurationMap, DaemonConfigurationResponse, DatapathCounter, DatapathStatus,
+    DirectionPolicy, Endpoint, HttpRuleModel, Identity, LabelConfiguration, NodeAddressingElement,
+    Policy, PolicyAction, PolicyEntry, Status, StatusResponse,
 };
 
 /// Lays out a table whose cells may span several lines: columns are separated by three
 /// spaces, every line of a row is indented by `indent`, trailing blanks are trimmed.
-fn table(indent: &str, headers: &[&str], rows: &[Vec<Vec<String>>]) -> String {
+pub(crate) fn table(indent: &str, headers: &[&str], rows: &[Vec<Vec<String>>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -62,13 +62,17 @@ fn status_line(out: &mut String, name: &str, status: &Status) {
     let _ = writeln!(out, "{}", line.trim_end());
 }
 
-/// `cilium status`.
+/// `cilium status`. With a datapath, a `Datapath:` line and its counters follow the
+/// `Cilium:` line; without one the output is as before.
 pub fn status(s: &StatusResponse) -> String {
     let mut out = String::new();
     status_line(&mut out, "KVStore", &s.kvstore);
     status_line(&mut out, "ContainerRuntime", &s.container_runtime);
     status_line(&mut out, "Kubernetes", &s.kubernetes);
     status_line(&mut out, "Cilium", &s.cilium);
+    if let Some(datapath) = &s.datapath {
+        datapath_status(&mut out, datapath);
+    }
     for (family, list) in [("IPv4", &s.ipam.ipv4), ("IPv6", &s.ipam.ipv6)] {
         if list.is_empty() {
             continue;
@@ -79,6 +83,63 @@ pub fn status(s: &StatusResponse) -> String {
         }
     }
     out
+}
+
+/// The `Datapath:` line (state, pin path, message) and a compact summary of the counters:
+/// forwarded packets per direction, then every drop reason and direction that counted
+/// packets, by reason code; then the monitor events lost, if any.
+fn datapath_status(out: &mut String, d: &DatapathStatus) {
+    let msg = match (d.pin_path.is_empty(), d.status.msg.is_empty()) {
+        (false, false) => format!("{} ({})", d.pin_path, d.status.msg),
+        (false, true) => d.pin_path.clone(),
+        (true, _) => d.status.msg.clone(),
+    };
+    status_line(out, "Datapath", &Status::new(d.status.state, msg));
+    let direction_rank = |dir: &str| match dir {
+        "ingress" => 0,
+        "egress" => 1,
+        _ => 2,
+    };
+    let forwarded = |dir: &str| DatapathCounter {
+        reason: 0,
+        description: "Forwarded".to_string(),
+        direction: dir.to_string(),
+        packets: d
+            .counters
+            .iter()
+            .filter(|c| c.reason == 0 && c.direction == dir)
+            .map(|c| c.packets)
+            .sum(),
+        bytes: 0,
+    };
+    let mut drops: Vec<&DatapathCounter> = d
+        .counters
+        .iter()
+        .filter(|c| c.reason != 0 && c.packets > 0)
+        .collect();
+    drops.sort_by_key(|c| (c.reason, direction_rank(&c.direction)));
+    let mut lines: Vec<DatapathCounter> = vec![forwarded("ingress"), forwarded("egress")];
+    lines.extend(drops.into_iter().cloned());
+    let name = |c: &DatapathCounter| {
+        if c.description.is_empty() {
+            format!("Reason {}", c.reason)
+        } else {
+            c.description.clone()
+        }
+    };
+    let width = lines.iter().map(|c| name(c).len()).max().unwrap_or(0);
+    for c in &lines {
+        let _ = writeln!(
+            out,
+            "  {:<width$}   {:<7}  {} packets",
+            name(c),
+            c.direction,
+            c.packets
+        );
+    }
+    if d.events_lost > 0 {
+        let _ = writeln!(out, "  Monitor events lost: {}", d.events_lost);
+    }
 }
 
 /// `cilium endpoint list`: one row per endpoint, sorted by id, extra labels on continuation
@@ -619,11 +680,77 @@ pub(crate) mod tests {
                 ipv6: vec![],
             },
             version: "0.1.0".into(),
+            datapath: None,
         };
         assert_eq!(
             status(&s),
             "KVStore:           Disabled\nContainerRuntime:  Disabled\nKubernetes:        Disabled\n\
              Cilium:            Ok        2 endpoints\nAllocated IPv4 addresses:\n 10.2.0.1\n"
+        );
+    }
+
+    #[test]
+    fn status_with_a_datapath() {
+        let counter =
+            |reason: u8, description: &str, direction: &str, packets: u64| DatapathCounter {
+                reason,
+                description: description.into(),
+                direction: direction.into(),
+                packets,
+                bytes: packets * 100,
+            };
+        let s = StatusResponse {
+            cilium: Status::new(StatusState::Ok, "2 endpoints"),
+            kvstore: Status::new(StatusState::Ok, "embedded"),
+            container_runtime: Status::new(StatusState::Disabled, ""),
+            kubernetes: Status::new(StatusState::Disabled, ""),
+            ipam: IpamStatus::default(),
+            version: "0.1.0".into(),
+            datapath: Some(DatapathStatus {
+                status: Status::new(StatusState::Ok, ""),
+                pin_path: "/sys/fs/bpf/tc/globals".into(),
+                counters: vec![
+                    counter(159, "Policy denied (L4)", "egress", 1),
+                    counter(0, "Forwarded", "egress", 118),
+                    counter(133, "Policy denied (L3)", "egress", 0),
+                    counter(133, "Policy denied (L3)", "ingress", 3),
+                    counter(0, "Forwarded", "ingress", 120),
+                    counter(131, "Invalid destination mac", "egress", 2),
+                ],
+                events_lost: 0,
+            }),
+        };
+        assert_eq!(
+            status(&s),
+            "KVStore:           Ok        embedded\n\
+             ContainerRuntime:  Disabled\n\
+             Kubernetes:        Disabled\n\
+             Cilium:            Ok        2 endpoints\n\
+             Datapath:          Ok        /sys/fs/bpf/tc/globals\n\
+             \x20 Forwarded                 ingress  120 packets\n\
+             \x20 Forwarded                 egress   118 packets\n\
+             \x20 Invalid destination mac   egress   2 packets\n\
+             \x20 Policy denied (L3)        ingress  3 packets\n\
+             \x20 Policy denied (L4)        egress   1 packets\n"
+        );
+
+        // A datapath that failed, with nothing counted yet.
+        let mut failed = s.clone();
+        failed.datapath = Some(DatapathStatus {
+            status: Status::new(StatusState::Failure, "cannot load the eBPF programs"),
+            pin_path: String::new(),
+            counters: vec![],
+            events_lost: 7,
+        });
+        let out = status(&failed);
+        assert!(
+            out.contains(
+                "Datapath:          Failure   cannot load the eBPF programs\n\
+                 \x20 Forwarded   ingress  0 packets\n\
+                 \x20 Forwarded   egress   0 packets\n\
+                 \x20 Monitor events lost: 7\n"
+            ),
+            "{out}"
         );
     }
 

@@ -2,7 +2,9 @@
 //! Every read command takes `-o json`. When the agent cannot be reached the command says so
 //! and exits 1; every other failure prints `Error: <message>` and exits 1 too.
 
+pub mod bpf;
 pub mod format;
+pub mod monitor;
 pub mod policy;
 
 use std::path::PathBuf;
@@ -57,6 +59,11 @@ pub enum Command {
     /// Manage the policy repository: import, get, delete, validate, wait, trace
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Print the datapath's events (drops, traces, debug messages) until Ctrl-C
+    Monitor(monitor::MonitorArgs),
+    /// Show the contents of the datapath's BPF maps
+    #[command(subcommand)]
+    Bpf(bpf::BpfCommand),
     /// Print the client and agent versions
     Version,
 }
@@ -209,6 +216,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Endpoint(cmd) => return run_endpoint(&client, output, cmd).await,
         Command::Identity(cmd) => run_identity(&client, output, cmd).await?,
         Command::Policy(cmd) => return policy::run(&client, output, cmd).await,
+        Command::Monitor(args) => return monitor::run(&client, output, args).await,
+        Command::Bpf(cmd) => return bpf::run(&client, output, cmd).await,
     }
     Ok(ExitCode::SUCCESS)
 }

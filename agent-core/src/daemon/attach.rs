@@ -178,11 +178,21 @@ impl Agent {
         );
         let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
         let resolved = self.resolve_identity(&mut inner, &mut record);
-        let persisted = resolved.and_then(|()| {
+        // Enforced before the runtime gets the result (and starts the workload).
+        let enforced = resolved.and_then(|()| {
+            inner.endpoints.insert(record.clone());
+            let r = self.enforce_endpoint(&inner, &record);
+            if r.is_err() {
+                inner.endpoints.remove(record.id);
+            }
+            r
+        });
+        let persisted = enforced.and_then(|()| {
             self.persist_new_endpoint(&inner, &record)
                 .map_err(AgentError::from)
         });
         if let Err(e) = persisted {
+            self.unenforce_endpoint(&inner, &record);
             self.release_endpoint_identity(&mut inner, &record);
             inner.endpoints.remove(record.id);
             self.undo_claims(&reserved.claims);
@@ -273,6 +283,7 @@ impl Agent {
             .remove(n)
             .ok_or_else(|| EndpointError::NotFound(n.to_string()))?;
         let _ = record.set_state(EndpointState::Disconnected, "endpoint deleted");
+        self.unenforce_endpoint(&inner, &record);
         self.release_endpoint_identity(&mut inner, &record);
         let mut errors = Vec::new();
         if let Err(e) = inner.state.remove(&inner.state.endpoint_path(n)) {

@@ -3,6 +3,7 @@
 //! turns requests into calls on this type.
 
 mod attach;
+mod datapath;
 mod policy;
 mod process;
 mod restore;
@@ -21,6 +22,7 @@ use cilium_api::EndpointId;
 
 use crate::cidr::Cidr;
 use crate::config::AgentConfig;
+use crate::datapath::DatapathError;
 use crate::endpoint::{owner_endpoint, EndpointError, EndpointRecord, Registry};
 use crate::identity::{IdentityAllocator, IdentityError};
 use crate::ipam::{Ipam, IpamError, ROUTER_OWNER};
@@ -62,6 +64,8 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
 }
 
 impl From<LabelError> for AgentError {
@@ -83,6 +87,8 @@ pub enum StartError {
     Kvstore(#[from] KvstoreError),
     #[error("cannot restore identities: {0}")]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
 }
 
 /// Result of deleting an endpoint: the endpoint as it was, and what could not be cleaned.
@@ -117,6 +123,8 @@ pub struct Agent {
     debug_switch: DebugSwitch,
     /// Problems found while restoring state; shown by `cilium status`.
     warnings: Vec<String>,
+    /// The eBPF datapath (absent only for control-plane tests).
+    datapath: Option<Arc<crate::datapath::Datapath>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -151,6 +159,10 @@ impl Agent {
         }
         let mut options = OptionSet::new(AGENT_OPTIONS);
         options.set("Debug", config.debug);
+        let datapath = match &config.bpf_root {
+            Some(root) => Some(Arc::new(crate::datapath::Datapath::open(root)?)),
+            None => None,
+        };
         let mut agent = Agent {
             config,
             node,
@@ -168,8 +180,10 @@ impl Agent {
             host_ready: Mutex::new(false),
             debug_switch,
             warnings: Vec::new(),
+            datapath,
         };
         agent.restore_policy(&mut warnings)?;
+        agent.reconcile_datapath(&mut warnings);
         agent.warnings = warnings;
         Ok(agent)
     }
@@ -231,6 +245,7 @@ impl Agent {
             kubernetes: Status::new(StatusState::Disabled, ""),
             ipam: self.ipam.status(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            datapath: self.datapath_status(),
         }
     }
 
@@ -300,6 +315,7 @@ impl Agent {
             tracing::info!(option = %name, enabled = on, "agent option changed");
             if name == "Debug" {
                 (self.debug_switch)(on);
+                self.set_datapath_debug(on);
             }
         }
         Ok(self.configuration())
@@ -591,7 +607,13 @@ impl Agent {
         if record.options.get("Debug") {
             tracing::info!(endpoint = record.id, state = %record.state, "endpoint updated");
         }
+        if let Err(e) = self.sync_endpoint_datapath(inner, &record) {
+            tracing::warn!(endpoint = record.id, "cannot update the datapath: {e}");
+        }
         inner.endpoints.insert(record);
+        if let Err(e) = self.sync_ipcache(inner) {
+            tracing::warn!("cannot update the ipcache: {e}");
+        }
         Ok(api)
     }
 

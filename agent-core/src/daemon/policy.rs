@@ -126,14 +126,21 @@ impl Agent {
             .filter(|c| !wanted.contains(c))
             .copied()
             .collect();
+        // In batches: every affected policy is recomputed once, not once per prefix.
+        let mut released = Vec::new();
         for prefix in stale {
             if let Some(id) = inner.cidr_identities.remove(&prefix) {
-                inner.policy.remove_identity(id);
+                released.push(id);
                 if let Err(e) = self.identities.release(id) {
                     tracing::warn!(%prefix, identity = id, "cannot release: {e}");
                 }
             }
         }
+        let mut changed = change.changed.clone();
+        if !released.is_empty() {
+            changed.extend(inner.policy.remove_identities(&released).changed);
+        }
+        let mut added = Vec::new();
         for prefix in wanted {
             if inner.cidr_identities.contains_key(&prefix) {
                 continue;
@@ -141,11 +148,14 @@ impl Agent {
             let labels = cidr_labels(&prefix);
             match self.identities.acquire_local(&labels) {
                 Ok((identity, _)) => {
-                    inner.policy.add_identity(identity.id, identity.labels);
+                    added.push((identity.id, identity.labels));
                     inner.cidr_identities.insert(prefix, identity.id);
                 }
                 Err(e) => tracing::warn!(%prefix, "cannot allocate a CIDR identity: {e}"),
             }
+        }
+        if !added.is_empty() {
+            changed.extend(inner.policy.add_identities(added).changed);
         }
         let revision = inner.policy.revision();
         let enforcing: BTreeMap<u32, bool> = inner
@@ -165,6 +175,7 @@ impl Agent {
                 record.policy_revision = revision;
             }
         }
+        self.sync_datapath(inner, Some(&changed));
         tracing::debug!(
             revision,
             recomputed = change.recomputed.len(),

@@ -33,6 +33,7 @@ impl Daemon {
     pub fn start(config: AgentConfig, debug_switch: DebugSwitch) -> Result<Daemon, RunError> {
         let socket = ApiSocket::bind(&config.socket_path)?;
         let agent = Arc::new(Agent::start(config, debug_switch)?);
+        agent.start_datapath_maintenance();
         Ok(Daemon { agent, socket })
     }
 

@@ -231,8 +231,31 @@ impl PolicyEngine {
 
     /// Makes an identity known (an endpoint's, another node's, a CIDR's, a reserved one).
     pub fn add_identity(&mut self, id: u32, labels: LabelSet) -> Change {
+        self.add_identities(vec![(id, labels)])
+    }
+
+    /// Makes many identities known, recomputing every affected policy once (a policy with
+    /// thousands of CIDR prefixes brings thousands of identities at once).
+    pub fn add_identities(&mut self, items: Vec<(u32, LabelSet)>) -> Change {
+        let mut affected = BTreeSet::new();
+        let mut any = false;
+        for (id, labels) in items {
+            if let Some(a) = self.index_identity(id, labels) {
+                affected.extend(a);
+                any = true;
+            }
+        }
+        if !any {
+            return self.unchanged();
+        }
+        self.recompute(affected)
+    }
+
+    /// Records an identity in the label index and the selections; `None` when it was known
+    /// with these labels already. Returns the subjects whose policy depends on it.
+    fn index_identity(&mut self, id: u32, labels: LabelSet) -> Option<BTreeSet<u32>> {
         let mut affected = match self.identities.get(&id) {
-            Some(old) if *old == labels => return self.unchanged(),
+            Some(old) if *old == labels => return None,
             Some(_) => self.forget_identity(id),
             None => BTreeSet::new(),
         };
@@ -257,12 +280,20 @@ impl PolicyEngine {
         if self.subjects.contains_key(&id) {
             affected.insert(id);
         }
-        self.recompute(affected)
+        Some(affected)
     }
 
     /// Forgets an identity (released everywhere).
     pub fn remove_identity(&mut self, id: u32) -> Change {
-        let affected = self.forget_identity(id);
+        self.remove_identities(&[id])
+    }
+
+    /// Forgets many identities, recomputing every affected policy once.
+    pub fn remove_identities(&mut self, ids: &[u32]) -> Change {
+        let mut affected = BTreeSet::new();
+        for id in ids {
+            affected.extend(self.forget_identity(*id));
+        }
         self.recompute(affected)
     }
 

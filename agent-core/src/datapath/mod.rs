@@ -1,0 +1,280 @@
+//! The eBPF datapath: the programs compiled at build time from `bpf-programs/`, their maps
+//! pinned under `<bpf-root>/tc/globals`, attachment to endpoint devices, the map contents the
+//! agent derives from its state, and the monitor events the programs report.
+
+pub mod abi;
+pub mod loader;
+pub mod maps;
+pub mod monitor;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use aya::Ebpf;
+use cilium_api::models::MonitorEvent;
+use tokio::sync::broadcast;
+
+pub use maps::{EndpointEntry, Maps, PolicyVerdict, Prefix};
+
+/// Errors of the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("the eBPF datapath is not running: {0}")]
+    Disabled(String),
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(String),
+    #[error("cannot attach {program} to {device}: {reason}")]
+    Attach {
+        program: &'static str,
+        device: String,
+        reason: String,
+    },
+    #[error("BPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("bpf filesystem at {path}: {reason}")]
+    Bpffs { path: String, reason: String },
+}
+
+/// The loaded datapath of this agent.
+pub struct Datapath {
+    root: PathBuf,
+    globals: PathBuf,
+    links: PathBuf,
+    programs: Mutex<Ebpf>,
+    maps: Mutex<Maps>,
+    events: broadcast::Sender<Arc<MonitorEvent>>,
+    events_lost: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Events buffered for slow monitor readers before they lose some.
+const MONITOR_QUEUE: usize = 4096;
+
+impl Datapath {
+    /// Mounts the BPF filesystem at `root` if needed, loads the programs with their maps
+    /// (reusing pinned ones) and starts reading events.
+    pub fn open(root: &Path) -> Result<Datapath, DatapathError> {
+        loader::ensure_bpffs(root)?;
+        let globals = root.join("tc/globals");
+        let links = root.join("cilium/links");
+        std::fs::create_dir_all(&links).map_err(|e| DatapathError::Bpffs {
+            path: links.display().to_string(),
+            reason: format!("cannot create it: {e}"),
+        })?;
+        let mut ebpf = loader::load(&globals)?;
+        let maps = Maps::open(&mut ebpf)?;
+        let ring =
+            RingBuf::try_from(loader::take_map(&mut ebpf, "cilium_events")?).map_err(|e| {
+                DatapathError::Map {
+                    map: "cilium_events",
+                    reason: e.to_string(),
+                }
+            })?;
+        let (events, _) = broadcast::channel(MONITOR_QUEUE);
+        let events_lost = Arc::new(AtomicU64::new(0));
+        spawn_event_reader(ring, events.clone())?;
+        Ok(Datapath {
+            root: root.to_path_buf(),
+            globals,
+            links,
+            programs: Mutex::new(ebpf),
+            maps: Mutex::new(maps),
+            events,
+            events_lost,
+        })
+    }
+
+    /// `<bpf-root>/tc/globals`.
+    pub fn pin_path(&self) -> &Path {
+        &self.globals
+    }
+
+    pub fn maps(&self) -> MutexGuard<'_, Maps> {
+        lock(&self.maps)
+    }
+
+    /// Attaches the programs to an endpoint's host-side device (or swaps them in place).
+    pub fn attach(&self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        loader::attach(&mut lock(&self.programs), &self.links, ifname, ifindex)
+    }
+
+    /// Detaches the programs from a device by removing its link pins.
+    pub fn detach(&self, ifname: &str, ifindex: u32) {
+        loader::detach(&self.links, ifname, ifindex)
+    }
+
+    /// Removes link pins of devices `keep` does not name.
+    pub fn prune_links(&self, keep: &dyn Fn(&str, u32) -> bool) -> usize {
+        loader::prune_links(&self.links, keep)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Records events a monitor reader missed.
+    pub fn note_lost(&self, n: u64) {
+        self.events_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.events_lost.load(Ordering::Relaxed)
+    }
+
+    /// Removes expired conntrack entries; returns how many.
+    pub fn gc_conntrack(&self) -> usize {
+        let now = monotonic_ns();
+        let mut maps = self.maps();
+        let mut removed = 0;
+        let expired4: Vec<_> = maps
+            .ct4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires < now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired4 {
+            if maps.ct4.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        let expired6: Vec<_> = maps
+            .ct6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires < now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired6 {
+            if maps.ct6.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Every conntrack entry, v4 then v6, as (key, entry) pairs in a common form.
+    pub fn conntrack(&self) -> Vec<CtRecord> {
+        let maps = self.maps();
+        let mut out = Vec::new();
+        for (k, v) in maps.ct4.iter().filter_map(Result::ok) {
+            out.push(CtRecord {
+                saddr: std::net::IpAddr::from(k.saddr),
+                daddr: std::net::IpAddr::from(k.daddr),
+                sport: u16::from_be(k.sport),
+                dport: u16::from_be(k.dport),
+                proto: k.proto,
+                dir: k.dir,
+                entry: v,
+            });
+        }
+        for (k, v) in maps.ct6.iter().filter_map(Result::ok) {
+            out.push(CtRecord {
+                saddr: std::net::IpAddr::from(k.saddr),
+                daddr: std::net::IpAddr::from(k.daddr),
+                sport: u16::from_be(k.sport),
+                dport: u16::from_be(k.dport),
+                proto: k.proto,
+                dir: k.dir,
+                entry: v,
+            });
+        }
+        out
+    }
+}
+
+/// A conntrack entry with its tuple decoded (ports in host order).
+#[derive(Debug, Clone)]
+pub struct CtRecord {
+    pub saddr: std::net::IpAddr,
+    pub daddr: std::net::IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub entry: abi::CtEntry,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Reads the ring buffer on its own thread and publishes decoded events.
+fn spawn_event_reader(
+    mut ring: RingBuf<MapData>,
+    events: broadcast::Sender<Arc<MonitorEvent>>,
+) -> Result<(), DatapathError> {
+    use std::os::fd::AsRawFd;
+    std::thread::Builder::new()
+        .name("bpf-events".into())
+        .spawn(move || loop {
+            let mut pfd = libc::pollfd {
+                fd: ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 1000) };
+            if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            while let Some(item) = ring.next() {
+                // Nobody listening is fine: events are only for monitors.
+                if events.receiver_count() == 0 {
+                    continue;
+                }
+                if let Some(ev) = abi::Event::from_bytes(&item) {
+                    let _ = events.send(Arc::new(monitor::decode(&ev)));
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| DatapathError::Load(format!("cannot start the event reader: {e}")))
+}
+
+/// Desired ipcache contents from the node's addresses, local endpoints and CIDR identities.
+/// Later sources win on equal prefixes: CIDR identities, then host, then endpoints.
+pub fn ipcache_desired(
+    cidrs: &BTreeMap<crate::cidr::Cidr, u32>,
+    host: &[std::net::IpAddr],
+    endpoints: &[(std::net::IpAddr, u32)],
+) -> BTreeMap<Prefix, u32> {
+    let mut out = BTreeMap::new();
+    for (c, id) in cidrs {
+        out.insert(Prefix::from_cidr(c), *id);
+    }
+    for ip in host {
+        out.insert(Prefix::host(*ip), abi::IDENTITY_HOST);
+    }
+    for (ip, id) in endpoints {
+        if *id != 0 {
+            out.insert(Prefix::host(*ip), *id);
+        }
+    }
+    out
+}

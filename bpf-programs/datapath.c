@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The endpoint datapath. Both programs are attached (TCX, direct action) to the host-side
+ * veth of every endpoint:
+ *   from_container  lxc ingress: packets the container sends
+ *   to_container    lxc egress:  packets going into the container
+ * One loaded copy serves every endpoint; all per-endpoint state is in the maps the agent
+ * fills (include/abi.h).
+ */
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "maps.h"
+#include "events.h"
+#include "conntrack.h"
+#include "policy.h"
+#include "frag.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* 0 when the packet's ports are known, else the drop reason. */
+static __always_inline int resolve_frag(struct __sk_buff *skb, const struct ev_ctx *c, int fam,
+					struct pkt *p)
+{
+	int missing = frag_ports(fam, p);
+
+	if (p->frag == FRAG_LATER)
+		emit_debug(skb, c, DBG_FRAG, p->frag_id, !missing);
+	return missing ? DROP_FRAG_NOSUPPORT : 0;
+}
+
+/* Hands a packet to local endpoint dst as the stack would route it (dst's link MACs, TTL - 1),
+ * but straight onto dst's lxc egress, where to_container runs. */
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct ev_ctx *c, int fam,
+					 const struct pkt *p, const struct endpoint_info *dst)
+{
+	__u32 ifindex = dst->ifindex;
+	__u8 macs[2 * ETH_ALEN];
+	__u8 ttl;
+
+	/* Let the stack drop it and answer Time Exceeded. */
+	if (p->ttl <= 1) {
+		emit_trace(skb, c, TRACE_TO_STACK);
+		count_forward(skb, c);
+		return TC_ACT_OK;
+	}
+	ttl = p->ttl - 1;
+
+	/* h_dest = the container's MAC, h_source = its lxc's, as from the router. */
+	__builtin_memcpy(macs, dst->mac, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, dst->node_mac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return drop(skb, c, DROP_WRITE_ERROR);
+
+	if (fam == FAMILY_IPV4) {
+		/* ttl and protocol form one 16-bit word of the header checksum. */
+		__be16 old = bpf_htons((__u16)p->ttl << 8 | p->proto);
+		__be16 new = bpf_htons((__u16)ttl << 8 | p->proto);
+
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old,
+					new, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, ttl), &ttl,
+					1, 0) < 0)
+			return drop(skb, c, DROP_WRITE_ERROR);
+	} else {
+		/* No header checksum; BPF_F_RECOMPUTE_CSUM keeps a CHECKSUM_COMPLETE skb->csum
+		 * right. (IPv4 needs nothing there: TTL and checksum change the header's sum by
+		 * zero. The MACs are outside the sum at tc ingress.) */
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + __builtin_offsetof(struct ipv6hdr, hop_limit),
+					&ttl, 1, BPF_F_RECOMPUTE_CSUM) < 0)
+			return drop(skb, c, DROP_WRITE_ERROR);
+	}
+
+	emit_trace(skb, c, TRACE_FROM_LXC);
+	count_forward(skb, c);
+	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline int from_lxc_arp(struct __sk_buff *skb, struct ev_ctx *c, const __u8 *smac)
+{
+	struct arp_eth *arp = hdr_ptr(skb, ETH_HLEN, sizeof(*arp));
+	struct endpoint_info *ep;
+	union addr sip = {};
+
+	if (!arp)
+		return drop(skb, c, DROP_INVALID);
+	if (arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != ETH_ALEN || arp->plen != 4)
+		return drop(skb, c, DROP_INVALID);
+	__builtin_memcpy(&sip.v4, arp->sip, 4);
+
+	ep = lxc_lookup(FAMILY_IPV4, &sip);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, c, DROP_INVALID_SIP);
+	c->source = ep->endpoint_id;
+	c->src_identity = ep->identity;
+	if (!mac_eq(smac, ep->mac))
+		return drop(skb, c, DROP_INVALID_SMAC);
+	count_forward(skb, c);
+	return TC_ACT_OK;
+}
+
+/* ICMPv6 ND/MLD from the endpoint: the stack handles it. Sources are mostly link-local, which
+ * cilium_lxc does not hold, so only a source found there is checked. */
+static __always_inline int from_lxc_nd(struct __sk_buff *skb, struct ev_ctx *c, const __u8 *smac,
+				       const struct pkt *p)
+{
+	struct endpoint_info *ep = lxc_lookup(FAMILY_IPV6, &p->saddr);
+	__u16 flags = 0;
+
+	if (ep) {
+		/* Another endpoint's address: spoofed. */
+		if (ep->ifindex != skb->ifindex)
+			return drop(skb, c, DROP_INVALID_SIP);
+		c->source = ep->endpoint_id;
+		c->src_identity = ep->identity;
+		if (!mac_eq(smac, ep->mac))
+			return drop(skb, c, DROP_INVALID_SMAC);
+		flags = ep->flags;
+	}
+	c->debug = debug_on(flags);
+	emit_debug(skb, c, DBG_ICMP6_ND, p->icmp_type, 0);
+	count_forward(skb, c);
+	return TC_ACT_OK;
+}
+
+static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, const __u8 *smac,
+				       int fam)
+{
+	struct endpoint_info *ep, *dst;
+	__u32 len = skb->len;
+	__u16 ep_flags, ep_id;
+	__u32 ep_identity;
+	struct pkt p = {};
+	__u8 action;
+	__u64 now;
+	int ret, ct;
+
+	ret = parse_ip(skb, &p, fam);
+	if (ret)
+		return drop(skb, c, ret);
+	if (fam == FAMILY_IPV6 && p.nd)
+		return from_lxc_nd(skb, c, smac, &p);
+
+	/* The source must be one of this device's endpoint addresses, sent from its MAC. */
+	ep = lxc_lookup(fam, &p.saddr);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, c, DROP_INVALID_SIP);
+	ep_flags = ep->flags;
+	ep_id = ep->endpoint_id;
+	ep_identity = ep->identity;
+	c->source = ep_id;
+	c->src_identity = ep_identity;
+	if (!mac_eq(smac, ep->mac))
+		return drop(skb, c, DROP_INVALID_SMAC);
+	c->debug = debug_on(ep_flags);
+
+	if (p.frag != FRAG_NONE) {
+		ret = resolve_frag(skb, c, fam, &p);
+		if (ret)
+			return drop(skb, c, ret);
+	}
+
+	dst = lxc_lookup(fam, &p.daddr);
+	if (dst) {
+		c->dst_endpoint = dst->endpoint_id;
+		c->dst_identity = dst->identity;
+	}
+
+	now = bpf_ktime_get_ns();
+	ct = ct_lookup(fam, &p, CT_EGRESS, len, now);
+	emit_debug(skb, c, DBG_CT_LOOKUP, ct, 0);
+
+	/* Replies and related ICMP errors belong to a flow already admitted. */
+	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
+		if (ep_flags & EP_F_POLICY_EGRESS) {
+			__u32 remote = remote_identity(fam, &p.daddr, dst);
+
+			c->dst_identity = remote;
+			ret = policy_check(remote, ep_id, DIR_EGRESS, &p, len, &action);
+			emit_debug(skb, c, DBG_POLICY, remote, action);
+			if (ret)
+				return drop(skb, c, ret);
+		}
+		if (ct == CT_NEW && ct_create(fam, &p, CT_EGRESS, len, now, ep_identity) < 0)
+			return drop(skb, c, DROP_CT_CREATE_FAILED);
+	}
+
+	if (dst)
+		return deliver_local(skb, c, fam, &p, dst);
+
+	emit_trace(skb, c, TRACE_TO_STACK);
+	count_forward(skb, c);
+	return TC_ACT_OK;
+}
+
+/* Packets the container sends (lxc ingress). */
+SEC("classifier")
+int from_container(struct __sk_buff *skb)
+{
+	__u8 smac[ETH_ALEN];
+	struct ethhdr *eth;
+	struct ev_ctx c;
+	__be16 proto;
+
+	ev_ctx_init(&c, DIR_EGRESS);
+
+	eth = hdr_ptr(skb, 0, ETH_HLEN);
+	if (!eth)
+		return drop(skb, &c, DROP_INVALID);
+	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
+	proto = eth->h_proto;
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return from_lxc_ip(skb, &c, smac, FAMILY_IPV4);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return from_lxc_ip(skb, &c, smac, FAMILY_IPV6);
+	if (proto == bpf_htons(ETH_P_ARP))
+		return from_lxc_arp(skb, &c, smac);
+	return drop(skb, &c, DROP_UNKNOWN_L3);
+}
+
+static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, int fam)
+{
+	__u32 len = skb->len, remote = IDENTITY_UNKNOWN;
+	struct endpoint_info *ep;
+	__u16 ep_flags, ep_id;
+	struct pkt p = {};
+	__u8 action;
+	__u64 now;
+	int ret, ct;
+
+	ret = parse_ip(skb, &p, fam);
+	if (ret)
+		return drop(skb, c, ret);
+	if (fam == FAMILY_IPV6 && p.nd) {
+		count_forward(skb, c);
+		return TC_ACT_OK;
+	}
+
+	ep = lxc_lookup(fam, &p.daddr);
+	if (!ep || ep->ifindex != skb->ifindex) {
+		if (fam == FAMILY_IPV4) {
+			__u32 d = bpf_ntohl(p.daddr.v4);
+
+			/* Broadcast and multicast are not endpoint addresses. */
+			if (d == 0xffffffff || (d >> 28) == 0xe) {
+				count_forward(skb, c);
+				return TC_ACT_OK;
+			}
+		}
+		return drop(skb, c, DROP_NO_LXC);
+	}
+	ep_flags = ep->flags;
+	ep_id = ep->endpoint_id;
+	c->source = ep_id;
+	c->dst_endpoint = ep_id;
+	c->dst_identity = ep->identity;
+	c->debug = debug_on(ep_flags);
+
+	if (p.frag != FRAG_NONE) {
+		ret = resolve_frag(skb, c, fam, &p);
+		if (ret)
+			return drop(skb, c, ret);
+	}
+
+	now = bpf_ktime_get_ns();
+	ct = ct_lookup(fam, &p, CT_INGRESS, len, now);
+	emit_debug(skb, c, DBG_CT_LOOKUP, ct, 0);
+
+	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
+		/* The source identity: for the policy, and as the initiator of a new entry. */
+		if (ct == CT_NEW || (ep_flags & EP_F_POLICY_INGRESS)) {
+			remote = remote_identity(fam, &p.saddr, lxc_lookup(fam, &p.saddr));
+			c->src_identity = remote;
+		}
+		if (ep_flags & EP_F_POLICY_INGRESS) {
+			ret = policy_check(remote, ep_id, DIR_INGRESS, &p, len, &action);
+			emit_debug(skb, c, DBG_POLICY, remote, action);
+			if (ret)
+				return drop(skb, c, ret);
+		}
+		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote) < 0)
+			return drop(skb, c, DROP_CT_CREATE_FAILED);
+	}
+
+	emit_trace(skb, c, TRACE_TO_LXC);
+	count_forward(skb, c);
+	return TC_ACT_OK;
+}
+
+/* Packets going into the container (lxc egress): redirected by from_container of another
+ * local endpoint, or routed by the stack. */
+SEC("classifier")
+int to_container(struct __sk_buff *skb)
+{
+	struct ethhdr *eth;
+	struct ev_ctx c;
+	__be16 proto;
+
+	ev_ctx_init(&c, DIR_INGRESS);
+
+	eth = hdr_ptr(skb, 0, ETH_HLEN);
+	if (!eth)
+		return drop(skb, &c, DROP_INVALID);
+	proto = eth->h_proto;
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return to_lxc_ip(skb, &c, FAMILY_IPV4);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return to_lxc_ip(skb, &c, FAMILY_IPV6);
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		count_forward(skb, &c);
+		return TC_ACT_OK;
+	}
+	return drop(skb, &c, DROP_UNKNOWN_L3);
+}

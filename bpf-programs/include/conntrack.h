@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Connection tracking on cilium_ct4 / cilium_ct6 (tuple and dir convention in abi.h). */
+#ifndef CDP_CONNTRACK_H
+#define CDP_CONNTRACK_H
+
+#include "maps.h"
+#include "lib/parse.h"
+
+enum {
+	CT_NEW = 0,
+	CT_ESTABLISHED = 1, /* original direction */
+	CT_REPLY = 2,
+	CT_RELATED = 3, /* ICMP error about a tracked flow */
+};
+
+#define CT_F_CLOSING (CT_F_TX_CLOSING | CT_F_RX_CLOSING)
+
+static __always_inline __u8 ct_other_dir(__u8 dir)
+{
+	return dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
+}
+
+static __always_inline struct ct_entry *ct_find(int fam, const union addr *s, const union addr *d,
+						__be16 sport, __be16 dport, __u8 proto, __u8 dir)
+{
+	if (fam == FAMILY_IPV4) {
+		struct ct4_key k = {
+			.saddr = s->v4,
+			.daddr = d->v4,
+			.sport = sport,
+			.dport = dport,
+			.proto = proto,
+			.dir = dir,
+		};
+
+		return bpf_map_lookup_elem(&cilium_ct4, &k);
+	} else {
+		struct ct6_key k = {
+			.sport = sport,
+			.dport = dport,
+			.proto = proto,
+			.dir = dir,
+		};
+
+		__builtin_memcpy(k.saddr, s->v6, 16);
+		__builtin_memcpy(k.daddr, d->v6, 16);
+		return bpf_map_lookup_elem(&cilium_ct6, &k);
+	}
+}
+
+/* An expired entry is a miss; creating the flow again overwrites it. */
+static __always_inline int ct_live(const struct ct_entry *e, __u64 now)
+{
+	return e && e->expires >= now;
+}
+
+static __always_inline __u64 ct_lifetime(__u8 proto, __u16 flags)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP;
+	if (flags & CT_F_CLOSING)
+		return CT_LIFETIME_TCP_CLOSING;
+	if (flags & CT_F_SEEN_REPLY)
+		return CT_LIFETIME_TCP;
+	return CT_LIFETIME_TCP_SYN;
+}
+
+static __always_inline void ct_refresh(struct ct_entry *e, __u8 proto, __u16 flags, __u64 now)
+{
+	__u64 expires = now + ct_lifetime(proto, flags) * NSEC_PER_SEC;
+	__u64 old = e->expires;
+
+	/* Shortening always lands; extending only once it moves by a second or more, which
+	 * spares a store (and a cache line bouncing between CPUs) on most packets. */
+	if (expires < old || expires - old >= NSEC_PER_SEC)
+		e->expires = expires;
+	if (flags != e->flags)
+		e->flags = flags;
+}
+
+static __always_inline void ct_update(struct ct_entry *e, const struct pkt *p, int reply, __u32 len,
+				      __u64 now)
+{
+	__u16 flags = e->flags;
+
+	if (reply) {
+		__sync_fetch_and_add(&e->rx_packets, 1);
+		__sync_fetch_and_add(&e->rx_bytes, len);
+		flags |= CT_F_SEEN_REPLY;
+	} else {
+		__sync_fetch_and_add(&e->tx_packets, 1);
+		__sync_fetch_and_add(&e->tx_bytes, len);
+	}
+	if (p->proto == IPPROTO_TCP) {
+		/* A fresh SYN on a closing tuple is a new connection reusing the ports. */
+		if (!reply && (flags & CT_F_CLOSING) &&
+		    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			flags = 0;
+		if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			flags |= reply ? CT_F_RX_CLOSING : CT_F_TX_CLOSING;
+	}
+	ct_refresh(e, p->proto, flags, now);
+}
+
+/* Classifies the packet for the program of direction dir (CT_EGRESS in from-container,
+ * CT_INGRESS in to-container) and updates the entry it matched. */
+static __always_inline int ct_lookup(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now)
+{
+	__u8 rdir = ct_other_dir(dir);
+	struct ct_entry *e;
+
+	if (p->icmp_err) {
+		/* The quoted packet went the opposite way of the error: it is either an original
+		 * packet as the other program recorded it, or, reversed, one of ours. */
+		e = ct_find(fam, &p->in_saddr, &p->in_daddr, p->in_sport, p->in_dport, p->in_proto,
+			    rdir);
+		if (ct_live(e, now))
+			return CT_RELATED;
+		e = ct_find(fam, &p->in_daddr, &p->in_saddr, p->in_dport, p->in_sport, p->in_proto,
+			    dir);
+		if (ct_live(e, now))
+			return CT_RELATED;
+	}
+
+	e = ct_find(fam, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, dir);
+	if (ct_live(e, now)) {
+		ct_update(e, p, 0, len, now);
+		return CT_ESTABLISHED;
+	}
+	e = ct_find(fam, &p->daddr, &p->saddr, p->dport, p->sport, p->proto, rdir);
+	if (ct_live(e, now)) {
+		ct_update(e, p, 1, len, now);
+		return CT_REPLY;
+	}
+	return CT_NEW;
+}
+
+/* 0, or < 0 when the entry could not be written. */
+static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
+				     __u32 src_identity)
+{
+	struct ct_entry e = {
+		.tx_packets = 1,
+		.tx_bytes = len,
+		.src_identity = src_identity,
+	};
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		e.flags = CT_F_TX_CLOSING;
+	e.expires = now + ct_lifetime(p->proto, e.flags) * NSEC_PER_SEC;
+
+	if (fam == FAMILY_IPV4) {
+		struct ct4_key k = {
+			.saddr = p->saddr.v4,
+			.daddr = p->daddr.v4,
+			.sport = p->sport,
+			.dport = p->dport,
+			.proto = p->proto,
+			.dir = dir,
+		};
+
+		return bpf_map_update_elem(&cilium_ct4, &k, &e, BPF_ANY);
+	} else {
+		struct ct6_key k = {
+			.sport = p->sport,
+			.dport = p->dport,
+			.proto = p->proto,
+			.dir = dir,
+		};
+
+		__builtin_memcpy(k.saddr, p->saddr.v6, 16);
+		__builtin_memcpy(k.daddr, p->daddr.v6, 16);
+		return bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
+	}
+}
+
+#endif /* CDP_CONNTRACK_H */

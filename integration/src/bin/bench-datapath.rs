@@ -1,0 +1,361 @@
+//! `make bench`: the eBPF datapath between two containers on one node, side by side with
+//! what a user would otherwise have, in one run:
+//!
+//! - (a) plain veth pairs + host routes, no program attached (the physical baseline);
+//! - (b) this datapath: containers attached by `cilium-cni`, the seed's L3/L4 policy
+//!   enforced on the server, and 10,000 more identities (CIDR identities of a `fromCIDR`
+//!   rule) in its policy map and in the ipcache;
+//! - (c) the same plain topology filtered by iptables: conntrack ESTABLISHED accept, one
+//!   ACCEPT rule per allowed source address (10,000, the client's last) and a final DROP.
+//!
+//! For each: request/response latency (1-byte TCP ping-pong on one connection, like netperf
+//! TCP_RR) and stream throughput (iperf3, 3 s). Then the time from CNI ADD to an enforced
+//! endpoint. Every topology lives in namespaces this program creates and deletes.
+//!
+//! Not a test: it prints numbers and ratios and asserts nothing about time.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration::cni::{Invocation, Node};
+use integration::traffic::in_netns;
+use integration::{require_root, Netns};
+use serde_json::json;
+
+const RR_ROUNDS: usize = 20_000;
+const EXTRA_IDENTITIES: usize = 10_000;
+const RR_PORT: u16 = 7777;
+const STREAM_PORT: u16 = 5201;
+
+/// Namespaces to delete if the bench panics (release builds abort: no destructors run).
+static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn track(ns: &Netns) {
+    CREATED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ns.name.clone());
+}
+
+fn install_panic_cleanup() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        for name in CREATED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }));
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rr {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+}
+
+/// 1-byte ping-pong on one TCP connection: per round trip µs.
+fn request_response(client: &str, server: &str, ip: IpAddr) -> Rr {
+    let addr = SocketAddr::new(ip, RR_PORT);
+    let listener = in_netns(server, move || {
+        TcpListener::bind(SocketAddr::new(
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            RR_PORT,
+        ))
+        .expect("bind rr")
+    });
+    let echo = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let _ = conn.set_nodelay(true);
+        let mut b = [0u8; 1];
+        while conn.read_exact(&mut b).is_ok() {
+            if conn.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn: TcpStream = in_netns(client, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect rr")
+    });
+    conn.set_nodelay(true).expect("nodelay");
+    let mut samples = Vec::with_capacity(RR_ROUNDS);
+    let mut b = [1u8; 1];
+    for i in 0..RR_ROUNDS + 500 {
+        let t = Instant::now();
+        conn.write_all(&b).expect("rr write");
+        conn.read_exact(&mut b).expect("rr read");
+        if i >= 500 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(conn);
+    let _ = echo.join();
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Rr {
+        p50: samples[samples.len() / 2],
+        p99: samples[samples.len() * 99 / 100],
+        mean,
+    }
+}
+
+/// iperf3 for 3 s: Gbit/s.
+fn stream(client: &str, server: &str, ip: IpAddr) -> f64 {
+    let port = STREAM_PORT.to_string();
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client,
+            "iperf3",
+            "-c",
+            &ip.to_string(),
+            "-p",
+            &port,
+        ])
+        .args(["-t", "3", "-J"])
+        .output()
+        .expect("iperf3 -c");
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 gave no result: {v}"))
+        / 1e9
+}
+
+/// A node namespace with two containers wired like the agent wires them (veth, /32
+/// routes, link-scoped gateway), without any program.
+struct Plain {
+    node: Netns,
+    client: Netns,
+    server: Netns,
+    client_ip: IpAddr,
+    server_ip: IpAddr,
+}
+
+impl Plain {
+    fn new(tag: &str, subnet: u8) -> Plain {
+        let node = Netns::new(&format!("bd{tag}n"));
+        let client = Netns::new(&format!("bd{tag}c"));
+        let server = Netns::new(&format!("bd{tag}s"));
+        for ns in [&node, &client, &server] {
+            track(ns);
+        }
+        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        let router = format!("10.{subnet}.0.1");
+        // The gateway address lives on the node's loopback (answers ARP from the veths).
+        node.exec_ok(&["ip", "addr", "add", &format!("{router}/32"), "dev", "lo"]);
+        let mut ips = Vec::new();
+        for (i, c) in [&client, &server].into_iter().enumerate() {
+            let ip = format!("10.{subnet}.0.{}", i + 2);
+            let host = format!("bd{tag}v{i}");
+            node.exec_ok(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+                &c.name,
+            ]);
+            node.exec_ok(&["ip", "link", "set", &host, "up"]);
+            node.exec_ok(&["ip", "route", "add", &format!("{ip}/32"), "dev", &host]);
+            c.exec_ok(&["ip", "link", "set", "lo", "up"]);
+            c.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+            c.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            c.exec_ok(&[
+                "ip", "route", "add", &router, "dev", "eth0", "scope", "link",
+            ]);
+            c.exec_ok(&["ip", "route", "add", "default", "via", &router]);
+            ips.push(ip.parse().expect("ip"));
+        }
+        Plain {
+            node,
+            client,
+            server,
+            client_ip: ips[0],
+            server_ip: ips[1],
+        }
+    }
+}
+
+fn measure(label: &str, client: &str, server: &str, ip: IpAddr) -> (Rr, f64) {
+    let rr = request_response(client, server, ip);
+    let gbps = stream(client, server, ip);
+    println!(
+        "  {label:<44} RR p50 {:>6.1} µs  p99 {:>6.1} µs  mean {:>6.1} µs   stream {:>6.2} Gbit/s",
+        rr.p50, rr.p99, rr.mean, gbps
+    );
+    (rr, gbps)
+}
+
+fn main() {
+    if !require_root("bench-datapath") {
+        return;
+    }
+    install_panic_cleanup();
+    println!("datapath between two containers on one node ({RR_ROUNDS} round trips, iperf3 3 s)");
+
+    // (a) baseline.
+    let a = Plain::new("a", 61);
+    let (rr_a, st_a) = measure(
+        "(a) veth + routes, no program",
+        &a.client.name,
+        &a.server.name,
+        a.server_ip,
+    );
+
+    // (b) this datapath with an enforced policy and 10,000 more identities.
+    let node = Node::start("bdb");
+    track(&node.netns);
+    let client = Netns::new("bdbc");
+    let server = Netns::new("bdbs");
+    track(&client);
+    track(&server);
+    let add = |ns: &Netns, app: &str| -> IpAddr {
+        let mut conf = node.config(Some("1.0.0"));
+        conf["args"] = json!({"cni": {"labels": [{"key": "id", "value": app}]}});
+        let inv = Invocation::new("ADD", &ns.name, &ns.path());
+        let r = node.cni(&inv, &conf).ok();
+        let ip = r["ips"][0]["address"].as_str().expect("address");
+        ip.split('/').next().expect("ip").parse().expect("ip")
+    };
+    let _client_ip = add(&client, "client");
+    let server_ip = add(&server, "server");
+    let cidrs: Vec<String> = (0..EXTRA_IDENTITIES)
+        .map(|i| format!("172.{}.{}.{}/32", 16 + i / 65536, (i / 256) % 256, i % 256))
+        .collect();
+    let policy = json!([
+        {"endpointSelector": {"matchLabels": {"id": "server"}},
+         "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "client"}}],
+                      "toPorts": [{"ports": [{"port": RR_PORT.to_string(), "protocol": "tcp"},
+                                              {"port": STREAM_PORT.to_string(), "protocol": "tcp"}]}]}]},
+        {"endpointSelector": {"matchLabels": {"id": "server"}},
+         "ingress": [{"fromCIDR": cidrs}]}
+    ]);
+    let path = node.dir.path().join("bench-policy.json");
+    std::fs::write(&path, policy.to_string()).expect("write policy");
+    let t = Instant::now();
+    node.agent
+        .cli(&["policy", "import", path.to_str().expect("path")])
+        .ok();
+    let import = t.elapsed();
+    let server_ep = node.agent.cli(&["endpoint", "list", "-o", "json"]).ok();
+    let entries = {
+        let eps: serde_json::Value = serde_json::from_str(&server_ep).expect("endpoints");
+        let id = eps
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|e| e["container-id"] == server.name.as_str())
+            .map(|e| e["id"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        let dump = node
+            .agent
+            .cli(&["bpf", "policy", "list", &id.to_string(), "-o", "json"])
+            .ok();
+        let v: serde_json::Value = serde_json::from_str(&dump).expect("policy dump");
+        v["entries"].as_array().map_or(0, Vec::len)
+    };
+    println!(
+        "  (b) policy import with {EXTRA_IDENTITIES} CIDR identities: {:.0} ms; server policy map: {entries} entries",
+        import.as_secs_f64() * 1e3
+    );
+    let (rr_b, st_b) = measure(
+        "(b) cilium datapath, L3/L4 policy, 10k ids",
+        &client.name,
+        &server.name,
+        server_ip,
+    );
+
+    // (c) iptables with 10,000 source rules.
+    let c = Plain::new("c", 62);
+    let mut rules = String::from("*filter\n:FORWARD DROP [0:0]\n");
+    rules.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    for i in 0..EXTRA_IDENTITIES {
+        rules.push_str(&format!(
+            "-A FORWARD -s 172.{}.{}.{}/32 -j ACCEPT\n",
+            16 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    rules.push_str(&format!("-A FORWARD -s {}/32 -j ACCEPT\n", c.client_ip));
+    rules.push_str("COMMIT\n");
+    let mut restore = Command::new("ip")
+        .args(["netns", "exec", &c.node.name, "iptables-restore"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    restore
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules");
+    assert!(
+        restore.wait().expect("wait").success(),
+        "iptables-restore failed"
+    );
+    let (rr_c, st_c) = measure(
+        "(c) iptables, 10,001 ACCEPT rules + DROP",
+        &c.client.name,
+        &c.server.name,
+        c.server_ip,
+    );
+    // The baseline once more: load on the machine drifts during a run.
+    let (rr_a2, st_a2) = measure(
+        "(a) again, after (b) and (c)",
+        &a.client.name,
+        &a.server.name,
+        a.server_ip,
+    );
+    let rr_a = Rr {
+        p50: (rr_a.p50 + rr_a2.p50) / 2.0,
+        ..rr_a
+    };
+    let st_a = (st_a + st_a2) / 2.0;
+    println!(
+        "  ratios (baseline = mean of both (a) runs): RR p50 b/a {:.2} (target <= 1.10), c/a {:.2}; stream b/a {:.2} (target >= 0.90), c/a {:.2}",
+        rr_b.p50 / rr_a.p50,
+        rr_c.p50 / rr_a.p50,
+        st_b / st_a,
+        st_c / st_a
+    );
+
+    // CNI ADD to enforced: the ADD returns once maps are written and programs attached.
+    let mut times = Vec::new();
+    let mut extra = Vec::new();
+    for i in 0..25 {
+        let ns = Netns::new("bdbx");
+        track(&ns);
+        let mut conf = node.config(Some("1.0.0"));
+        conf["args"] = json!({"cni": {"labels": [{"key": "id", "value": "server"}]}});
+        let inv = Invocation::new("ADD", &ns.name, &ns.path());
+        let t = Instant::now();
+        node.cni(&inv, &conf).ok();
+        if i >= 5 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        extra.push(ns);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  CNI ADD -> endpoint enforced (policy with {} entries): p50 {:.1} ms, p99 {:.1} ms (target p50 <= 10 ms)",
+        entries,
+        times[times.len() / 2],
+        times[times.len() * 99 / 100]
+    );
+    for ns in &extra {
+        let inv = Invocation::new("DEL", &ns.name, &ns.path());
+        node.cni(&inv, &node.config(Some("1.0.0"))).ok();
+    }
+}

@@ -1,0 +1,402 @@
+//! The eBPF datapath on real traffic: containers attached through `cilium-cni` with labels,
+//! the seed's policies imported through the `cilium` CLI, and bytes exchanged between the
+//! namespaces to see what is delivered and what is dropped, with the reason the monitor and
+//! the counters report.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cilium_api::models::{Endpoint, MonitorEvent, StatusResponse};
+use integration::cni::{Invocation, Node};
+use integration::traffic::{ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer};
+use integration::{bin, require_root, unique_name, Agent, Netns};
+use serde_json::json;
+
+const L3_L4_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [{"matchLabels":{"id":"app2"}}],
+    "toPorts": [{"ports": [{"port": "80", "protocol": "tcp"}]}]
+  }],
+  "labels": ["unspec:guide=docker"]
+}]"#;
+
+/// ADD of a container with the runtime labels `labels` (key=value).
+fn add(node: &Node, container: &Netns, labels: &[(&str, &str)]) -> Endpoint {
+    let mut conf = node.config(Some("1.0.0"));
+    let labels: Vec<_> = labels
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
+    conf["args"] = json!({"cni": {"labels": labels}});
+    let inv = Invocation::new("ADD", &container.name, &container.path());
+    node.cni(&inv, &conf).ok();
+    let (status, body) = node.agent.http(
+        "GET",
+        &format!("/endpoint/container-id:{}", container.name),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("endpoint")
+}
+
+fn v4(e: &Endpoint) -> IpAddr {
+    e.addressing.ipv4.expect("ipv4")
+}
+
+fn v6(e: &Endpoint) -> IpAddr {
+    e.addressing.ipv6.expect("ipv6")
+}
+
+fn identity(e: &Endpoint) -> u32 {
+    e.identity.as_ref().expect("identity").id
+}
+
+fn import(agent: &Agent, dir: &std::path::Path, name: &str, policy: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, policy).expect("write policy");
+    agent
+        .cli(&["policy", "import", path.to_str().expect("path")])
+        .ok();
+}
+
+/// `cilium monitor --type drop -o json` running in the background.
+struct Monitor {
+    child: Child,
+    events: mpsc::Receiver<MonitorEvent>,
+}
+
+impl Monitor {
+    fn start(agent: &Agent) -> Monitor {
+        let host = format!("unix://{}", agent.socket.display());
+        let mut child = Command::new(bin("cilium"))
+            .args(["-H", &host, "monitor", "--type", "drop", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cilium monitor");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(ev) = serde_json::from_str::<MonitorEvent>(&line) {
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        // Let the subscription reach the agent.
+        std::thread::sleep(Duration::from_millis(300));
+        Monitor { child, events }
+    }
+
+    /// The first drop event matching `pred` within 5 s.
+    fn expect(&self, what: &str, pred: impl Fn(&MonitorEvent) -> bool) -> MonitorEvent {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(ev) => seen.push(ev),
+                Err(_) => break,
+            }
+        }
+        panic!("no monitor event {what}; saw {seen:#?}");
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drop counters by (reason, direction) from `GET /healthz`.
+fn drops(agent: &Agent, reason: u8, direction: &str) -> u64 {
+    let (status, body) = agent.http("GET", "/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    let s: StatusResponse = serde_json::from_str(&body).expect("status");
+    s.datapath
+        .expect("datapath status")
+        .counters
+        .iter()
+        .filter(|c| c.reason == reason && c.direction == direction)
+        .map(|c| c.packets)
+        .sum()
+}
+
+const ANY: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+#[test]
+fn seed_l3_l4_policy_enforced_on_real_traffic() {
+    if !require_root("seed_l3_l4_policy_enforced_on_real_traffic") {
+        return;
+    }
+    let node = Node::start("dpl4");
+    let c1 = Netns::new("dpl4a");
+    let c2 = Netns::new("dpl4b");
+    let c3 = Netns::new("dpl4c");
+    let e1 = add(&node, &c1, &[("id", "app1")]);
+    let e2 = add(&node, &c2, &[("id", "app2")]);
+    let e3 = add(&node, &c3, &[("id", "app3")]);
+    // `[::]` sockets are dual-stack: one server per port answers both families.
+    let servers: Vec<EchoServer> = [80, 81]
+        .iter()
+        .map(|p| EchoServer::start(&c1.name, sa(ANY, *p)))
+        .collect();
+
+    // Before any policy everything connects.
+    for ip in [v4(&e1), v6(&e1)] {
+        assert!(tcp_works(&c2.name, sa(ip, 80)), "app2 -> app1:80 {ip}");
+        assert!(tcp_works(&c3.name, sa(ip, 80)), "app3 -> app1:80 {ip}");
+        assert!(tcp_works(&c2.name, sa(ip, 81)), "app2 -> app1:81 {ip}");
+        assert!(
+            ping(&c3.name, &[], &ip.to_string()),
+            "ping app3 -> app1 {ip}"
+        );
+    }
+    // A connection opened before the policy, and still allowed by it.
+    let mut long = tcp_connect(&c2.name, sa(v4(&e1), 80), Duration::from_secs(1)).expect("open");
+    assert_eq!(
+        tcp_exchange(&mut long, b"before\n").expect("echo"),
+        b"before\n"
+    );
+
+    let monitor = Monitor::start(&node.agent);
+    import(&node.agent, node.dir.path(), "l3_l4.json", L3_L4_POLICY);
+    let (id1, id2, id3) = (identity(&e1), identity(&e2), identity(&e3));
+    for ip in [v4(&e1), v6(&e1)] {
+        assert!(
+            tcp_works(&c2.name, sa(ip, 80)),
+            "allowed app2 -> app1:80 {ip}"
+        );
+        let denied = tcp_connect(&c3.name, sa(ip, 80), Duration::from_millis(700));
+        assert!(
+            matches!(&denied, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "app3 -> app1:80 {ip} must time out: {denied:?}"
+        );
+        assert!(
+            !tcp_works(&c2.name, sa(ip, 81)),
+            "app2 -> app1:81 {ip} must be dropped"
+        );
+        assert!(
+            !ping(&c2.name, &[], &ip.to_string()),
+            "ping app2 -> app1 {ip}"
+        );
+    }
+    let l3 = monitor.expect("133 app3 -> app1", |e| {
+        e.kind == "drop" && e.code == 133 && e.src_identity == id3 && e.dst_identity == id1
+    });
+    assert_eq!(l3.message, "Policy denied (L3)");
+    assert_eq!(l3.dst_endpoint, e1.id);
+    assert!(l3.summary.contains(":80"), "{l3:?}");
+    let line = agent_core::datapath::monitor::format_line(&l3, false, false);
+    assert!(
+        line.starts_with(&format!(
+            "xx drop (Policy denied (L3)) to endpoint {}, identity {id3}->{id1}: ",
+            e1.id
+        )),
+        "{line}"
+    );
+    monitor.expect("159 app2 -> app1:81", |e| {
+        e.code == 159 && e.src_identity == id2 && e.dst_identity == id1 && e.summary.contains(":81")
+    });
+    assert!(drops(&node.agent, 133, "ingress") >= 2);
+    assert!(drops(&node.agent, 159, "ingress") >= 2);
+
+    // The connection opened before the policy still flows, also after the same policy is
+    // imported again.
+    assert_eq!(
+        tcp_exchange(&mut long, b"during\n").expect("echo"),
+        b"during\n"
+    );
+    import(&node.agent, node.dir.path(), "l3_l4.json", L3_L4_POLICY);
+    assert_eq!(
+        tcp_exchange(&mut long, b"after\n").expect("echo"),
+        b"after\n"
+    );
+
+    // The tables the datapath uses, with counters.
+    let list = node
+        .agent
+        .cli(&["bpf", "policy", "list", &e1.id.to_string(), "-o", "json"])
+        .ok();
+    let dump: serde_json::Value = serde_json::from_str(&list).expect("policy json");
+    let entry = dump["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["identity"] == id2 && e["port"] == 80)
+        .unwrap_or_else(|| panic!("no entry for {id2}:80 in {list}"))
+        .clone();
+    assert_eq!(entry["action"], "allow", "{entry}");
+    assert!(entry["packets"].as_u64().unwrap_or(0) > 0, "{entry}");
+    let ct = node.agent.cli(&["bpf", "ct", "list", "global"]).ok();
+    assert!(ct.contains(&format!("{}:80", v4(&e1))), "{ct}");
+    let endpoints = node.agent.cli(&["bpf", "endpoint", "list"]).ok();
+    assert!(endpoints.contains(&v4(&e1).to_string()), "{endpoints}");
+    let ipcache = node.agent.cli(&["bpf", "ipcache", "list"]).ok();
+    assert!(ipcache.contains(&format!("{}/32", v4(&e3))), "{ipcache}");
+
+    // Deleting the policy restores everything.
+    node.agent.cli(&["policy", "delete", "--all"]).ok();
+    for ip in [v4(&e1), v6(&e1)] {
+        assert!(
+            tcp_works(&c3.name, sa(ip, 80)),
+            "app3 -> app1:80 {ip} after delete"
+        );
+        assert!(
+            tcp_works(&c2.name, sa(ip, 81)),
+            "app2 -> app1:81 {ip} after delete"
+        );
+    }
+    drop(servers);
+}
+
+#[test]
+fn cidr_requires_udp_icmp_spoofing_and_host_traffic() {
+    if !require_root("cidr_requires_udp_icmp_spoofing_and_host_traffic") {
+        return;
+    }
+    let node = Node::start("dpcd");
+    // A network outside the node: 198.51.100.2 and .3 behind a veth of the node namespace.
+    let outside = Netns::new("dpcdo");
+    let link = format!("dpo{}", unique_name("").trim_start_matches('-'));
+    let link: String = link.chars().take(12).collect();
+    let peer = format!("{link}p");
+    node.sh(&[
+        "ip",
+        "link",
+        "add",
+        &link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        &outside.name,
+    ]);
+    node.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", &link]);
+    node.sh(&["ip", "link", "set", &link, "up"]);
+    for cmd in [
+        vec!["ip", "addr", "add", "198.51.100.2/24", "dev", &peer],
+        vec!["ip", "addr", "add", "198.51.100.3/24", "dev", &peer],
+        vec!["ip", "link", "set", &peer, "up"],
+        vec!["ip", "link", "set", "lo", "up"],
+        vec!["ip", "route", "add", "default", "via", "198.51.100.1"],
+    ] {
+        outside.exec_ok(&cmd);
+    }
+    let _world = EchoServer::start(&outside.name, sa(ANY, 7000));
+
+    let client = Netns::new("dpcdc");
+    let front_prod = Netns::new("dpcdf");
+    let front_qa = Netns::new("dpcdq");
+    let back_prod = Netns::new("dpcdb");
+    let ec = add(&node, &client, &[("app", "cidrclient")]);
+    let _ef = add(&node, &front_prod, &[("role", "frontend"), ("env", "prod")]);
+    let _eq = add(&node, &front_qa, &[("role", "frontend"), ("env", "qa")]);
+    let eb = add(&node, &back_prod, &[("role", "backend"), ("env", "prod")]);
+    let _back = EchoServer::start(&back_prod.name, sa(ANY, 53));
+    let _client_server = EchoServer::start(&client.name, sa(ANY, 53));
+    let ns = |n: &Netns| n.name.clone();
+    let (w2, w3) = (
+        sa("198.51.100.2".parse().expect("ip"), 7000),
+        sa("198.51.100.3".parse().expect("ip"), 7000),
+    );
+    assert!(
+        tcp_works(&ns(&client), w2) && tcp_works(&ns(&client), w3),
+        "no policy yet"
+    );
+
+    import(
+        &node.agent,
+        node.dir.path(),
+        "policy.json",
+        r#"[{
+          "endpointSelector": {"matchLabels": {"app": "cidrclient"}},
+          "egress": [{"toCIDR": ["198.51.100.2/32"]}],
+          "ingress": [{"fromEndpoints": [{"matchLabels": {"role": "frontend"}}]}]
+        }, {
+          "endpointSelector": {"matchLabels": {"env": "prod"}},
+          "ingress": [{"fromRequires": [{"matchLabels": {"env": "prod"}}]}]
+        }, {
+          "endpointSelector": {"matchLabels": {"role": "backend"}},
+          "ingress": [{"fromEndpoints": [{"matchLabels": {"role": "frontend"}}],
+                       "toPorts": [{"ports": [{"port": "53", "protocol": "udp"}]}]}]
+        }]"#,
+    );
+    // CIDR egress: only the listed prefix.
+    assert!(tcp_works(&ns(&client), w2), "toCIDR 198.51.100.2/32");
+    assert!(!tcp_works(&ns(&client), w3), "198.51.100.3 is not listed");
+    // fromRequires + UDP port rule, both families.
+    for ip in [v4(&eb), v6(&eb)] {
+        assert!(
+            udp_works(&ns(&front_prod), sa(ip, 53)),
+            "prod frontend -> backend udp {ip}"
+        );
+        assert!(
+            !udp_works(&ns(&front_qa), sa(ip, 53)),
+            "qa frontend lacks env=prod {ip}"
+        );
+        assert!(!tcp_works(&ns(&front_prod), sa(ip, 53)), "only udp/53 {ip}");
+        assert!(
+            !ping(&ns(&front_prod), &[], &ip.to_string()),
+            "no ICMP rule {ip}"
+        );
+    }
+
+    // The host is not allowed into an enforced endpoint without a rule for it...
+    let node_ns = node.netns.name.clone();
+    assert!(
+        udp_works(&ns(&front_qa), sa(v4(&ec), 53)),
+        "frontend -> client"
+    );
+    assert!(
+        !udp_works(&node_ns, sa(v4(&ec), 53)),
+        "host -> client without a rule"
+    );
+    // ...and is with one; ICMP too, since the rule is L3 only.
+    import(
+        &node.agent,
+        node.dir.path(),
+        "host.json",
+        r#"[{"endpointSelector": {"matchLabels": {"app": "cidrclient"}},
+             "ingress": [{"fromEndpoints": [{"matchLabels": {"reserved:host": ""}}]}]}]"#,
+    );
+    for ip in [v4(&ec), v6(&ec)] {
+        assert!(
+            udp_works(&node_ns, sa(ip, 53)),
+            "host -> client with a rule {ip}"
+        );
+        assert!(
+            ping(&node_ns, &[], &ip.to_string()),
+            "host ping with a rule {ip}"
+        );
+    }
+
+    // A container cannot send from an address that is not its own.
+    let spoofed_before = drops(&node.agent, 132, "egress");
+    front_prod.exec_ok(&["ip", "addr", "add", "10.23.250.250/32", "dev", "eth0"]);
+    assert!(
+        !ping(
+            &ns(&front_prod),
+            &["-I", "10.23.250.250"],
+            &v4(&ec).to_string()
+        ),
+        "spoofed source must be dropped"
+    );
+    assert!(drops(&node.agent, 132, "egress") > spoofed_before);
+
+    node.sh(&["ip", "link", "del", &link]);
+}
