@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3
+TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool
 
 deps:
 	@install/deps.sh

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use cilium_api::models::{Endpoint, MonitorEvent, StatusResponse};
 use integration::cni::{Invocation, Node};
 use integration::traffic::{ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer};
-use integration::{bin, require_root, unique_name, Agent, Netns};
+use integration::{bin, require_root, unique_name, Agent, AgentOptions, Netns};
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 const L3_L4_POLICY: &str = r#"[{
@@ -141,7 +142,7 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
     if !require_root("seed_l3_l4_policy_enforced_on_real_traffic") {
         return;
     }
-    let node = Node::start("dpl4");
+    let mut node = Node::start("dpl4");
     let c1 = Netns::new("dpl4a");
     let c2 = Netns::new("dpl4b");
     let c3 = Netns::new("dpl4c");
@@ -246,6 +247,64 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
     assert!(endpoints.contains(&v4(&e1).to_string()), "{endpoints}");
     let ipcache = node.agent.cli(&["bpf", "ipcache", "list"]).ok();
     assert!(ipcache.contains(&format!("{}/32", v4(&e3))), "{ipcache}");
+
+    // The agent stops: programs and maps keep enforcing. It starts again: the pinned maps
+    // are reconciled in place, conntrack and counters are kept.
+    let ct_before = node.agent.cli(&["bpf", "ct", "list", "global"]).ok();
+    node.agent.stop_with(Signal::SIGKILL);
+    assert_eq!(
+        tcp_exchange(&mut long, b"agent down\n").expect("echo"),
+        b"agent down\n"
+    );
+    assert!(
+        tcp_works(&c2.name, sa(v4(&e1), 80)),
+        "allowed while the agent is down"
+    );
+    assert!(
+        !tcp_works(&c3.name, sa(v4(&e1), 80)),
+        "denied while the agent is down"
+    );
+    node.agent = Agent::start(
+        node.dir.path(),
+        &AgentOptions {
+            netns: Some(node.netns.name.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        tcp_exchange(&mut long, b"restarted\n").expect("echo"),
+        b"restarted\n"
+    );
+    assert!(
+        tcp_works(&c2.name, sa(v6(&e1), 80)),
+        "allowed after the restart"
+    );
+    assert!(
+        !tcp_works(&c3.name, sa(v6(&e1), 80)),
+        "denied after the restart"
+    );
+    let ct_after = node.agent.cli(&["bpf", "ct", "list", "global"]).ok();
+    let long_tuple = format!("{}:80", v4(&e1));
+    assert!(
+        ct_before.contains(&long_tuple) && ct_after.contains(&long_tuple),
+        "conntrack kept across the restart:\n{ct_before}\n---\n{ct_after}"
+    );
+    let list = node
+        .agent
+        .cli(&["bpf", "policy", "list", &e1.id.to_string(), "-o", "json"])
+        .ok();
+    let dump: serde_json::Value = serde_json::from_str(&list).expect("policy json");
+    let kept = dump["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["identity"] == id2 && e["port"] == 80)
+        .and_then(|e| e["packets"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        kept > entry["packets"].as_u64().unwrap_or(0),
+        "counters kept and counting across the restart: {list}"
+    );
 
     // Deleting the policy restores everything.
     node.agent.cli(&["policy", "delete", "--all"]).ok();
