@@ -140,32 +140,7 @@ impl Datapath {
     pub fn gc_conntrack(&self) -> usize {
         let now = monotonic_ns();
         let mut maps = self.maps();
-        let mut removed = 0;
-        let expired4: Vec<_> = maps
-            .ct4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.expires < now)
-            .map(|(k, _)| k)
-            .collect();
-        for k in expired4 {
-            if maps.ct4.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        let expired6: Vec<_> = maps
-            .ct6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.expires < now)
-            .map(|(k, _)| k)
-            .collect();
-        for k in expired6 {
-            if maps.ct6.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
+        gc_map(&mut maps.ct4, now) + gc_map(&mut maps.ct6, now)
     }
 
     /// Every conntrack entry, v4 then v6, as (key, entry) pairs in a common form.
@@ -196,6 +171,17 @@ impl Datapath {
         }
         out
     }
+}
+
+/// Removes the entries of one conntrack map that expired before `now`.
+fn gc_map<K: aya::Pod>(map: &mut aya::maps::HashMap<MapData, K, abi::CtEntry>, now: u64) -> usize {
+    let expired: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.expires < now)
+        .map(|(k, _)| k)
+        .collect();
+    expired.iter().filter(|k| map.remove(k).is_ok()).count()
 }
 
 /// A conntrack entry with its tuple decoded (ports in host order).
