@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The endpoint datapath. Both programs are attached (TCX, direct action) to the host-side
+ * The endpoint datapath. Both programs are attached (tc cls_bpf, direct action) to the host-side
  * veth of every endpoint:
  *   from_container  lxc ingress: packets the container sends
  *   to_container    lxc egress:  packets going into the container

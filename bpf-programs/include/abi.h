@@ -2,7 +2,7 @@
 /*
  * The layout shared by the datapath programs and the agent. agent-core/src/datapath/abi.rs
  * mirrors every struct and constant here byte for byte; change both together and bump
- * DATAPATH_ABI (the agent recreates pinned maps whose key or value size changed).
+ * DATAPATH_ABI (the agent recreates pinned maps whose type, key or value size changed).
  *
  * Byte order: addresses and ports are kept as they appear in the packet (network order);
  * every other integer is host order.
@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define DATAPATH_ABI 1
+#define DATAPATH_ABI 2
 
 /* Reserved identities. */
 #define IDENTITY_UNKNOWN 0
@@ -65,7 +65,7 @@ struct ipcache_value {
 	__u32 tunnel_endpoint; /* IPv4 of the node that owns the prefix; 0 = local/none */
 };
 
-/* ---- cilium_policy: PERCPU_HASH (BPF_F_NO_PREALLOC), one entry per resolved policy entry.
+/* ---- cilium_policy: HASH (BPF_F_NO_PREALLOC; counters added atomically), one entry per resolved policy entry.
  * Lookup order for a flow (the agent's DirectionTable::lookup):
  *   (identity, dport, proto) if proto is TCP/UDP and dport != 0
  *   (identity, 0, 0)

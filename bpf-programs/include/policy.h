@@ -38,15 +38,18 @@ static __always_inline __u32 remote_identity(int fam, const union addr *a,
 	return local ? local->identity : ipcache_identity(fam, a);
 }
 
-/* 1 when v decides (allow or redirect; its per-CPU counters take the packet). */
+/* 1 when v decides (allow or redirect; its counters take the packet). */
 static __always_inline int policy_entry(struct policy_value *v, __u32 len, int *marker,
 					__u8 *action)
 {
 	if (!v)
 		return 0;
 	if (v->action == ACTION_ALLOW || v->action == ACTION_REDIRECT) {
-		v->packets += 1;
-		v->bytes += len;
+		/* One shared entry (not per-CPU): the agent writes a policy of thousands of
+		 * entries in one batch, and a per-CPU value per entry would make every write an
+		 * allocation on each CPU. */
+		__sync_fetch_and_add(&v->packets, 1);
+		__sync_fetch_and_add(&v->bytes, len);
 		*action = v->action;
 		return 1;
 	}

@@ -95,8 +95,7 @@ class Datapath:
         v = self.lookup("cilium_policy", policy_key(identity, ep_id, direction, dport, proto))
         if v is None:
             return None
-        return (sum(c["value"]["packets"] for c in v["values"]),
-                sum(c["value"]["bytes"] for c in v["values"]))
+        return (v["value"]["packets"], v["value"]["bytes"])
 
     def config(self, flags):
         self.update("cilium_config", struct.pack("<I", 0), struct.pack("<II", flags, 0))

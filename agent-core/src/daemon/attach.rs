@@ -259,6 +259,8 @@ impl Agent {
             let list: Vec<IpAddr> = [routers.ipv4, routers.ipv6].into_iter().flatten().collect();
             link::ensure_host_device(&list)?;
             *ready = true;
+            // The router addresses are the node's own (`host` in the ipcache).
+            self.refresh_host_addresses();
         }
         Ok(())
     }
@@ -351,7 +353,7 @@ impl Agent {
                 )],
             });
         }
-        let problems = match Netns::open(Path::new(&record.plumbing.netns_path)) {
+        let mut problems = match Netns::open(Path::new(&record.plumbing.netns_path)) {
             Err(e) => vec![e.to_string()],
             Ok(netns) => link::inspect(&Attachment {
                 netns: &netns,
@@ -365,6 +367,17 @@ impl Agent {
                     .collect(),
             }),
         };
+        if let Some(dp) = &self.datapath {
+            let attached = dp.attached(&record.interface_name, record.interface_index);
+            for (program, hook) in crate::datapath::loader::PROGRAMS {
+                if !attached.iter().any(|(h, n)| *h == hook && n == program) {
+                    problems.push(format!(
+                        "{program} is not attached to {} {hook}",
+                        record.interface_name
+                    ));
+                }
+            }
+        }
         Ok(EndpointHealth {
             connected: problems.is_empty(),
             problems,

@@ -14,7 +14,9 @@ use cilium_api::EndpointId;
 
 use super::{lock, Agent, AgentError, Inner};
 use crate::datapath::abi::{self, PolicyKey};
-use crate::datapath::{ipcache_desired, Datapath, DatapathError, EndpointEntry, PolicyVerdict};
+use crate::datapath::{
+    ipcache_desired, Datapath, DatapathError, EndpointEntry, PolicyVerdict, Prefix,
+};
 use crate::endpoint::EndpointRecord;
 use crate::policy::{Enforcement, ResolvedPolicy, Verdict};
 
@@ -196,7 +198,7 @@ impl Agent {
         dp.attach(&record.interface_name, record.interface_index)?;
         let written = self
             .sync_endpoint_datapath(inner, record)
-            .and_then(|()| self.sync_ipcache(inner));
+            .and_then(|()| self.sync_endpoint_ipcache(inner, record, true));
         if let Err(e) = written {
             dp.maps().remove_endpoint(record.id);
             dp.detach(&record.interface_name, record.interface_index);
@@ -214,9 +216,60 @@ impl Agent {
         if has_device(record) {
             dp.detach(&record.interface_name, record.interface_index);
         }
-        if let Err(e) = self.sync_ipcache(inner) {
+        if let Err(e) = self.sync_endpoint_ipcache(inner, record, false) {
             tracing::warn!(endpoint = record.id, "cannot update the ipcache: {e}");
         }
+    }
+
+    /// Re-reads the node's addresses (after `cilium_host` got the router addresses) and
+    /// writes the new ones as `host`. Addresses that went away leave with the next full
+    /// sync.
+    pub(super) fn refresh_host_addresses(&self) {
+        let Some(dp) = &self.datapath else {
+            return;
+        };
+        let old = dp.host_addresses();
+        let new = host_addresses();
+        let mut maps = dp.maps();
+        for ip in new.iter().filter(|ip| !old.contains(ip)) {
+            if let Err(e) = maps.set_ipcache(Prefix::host(*ip), Some(abi::IDENTITY_HOST)) {
+                tracing::warn!("cannot add the node address {ip} to the ipcache: {e}");
+            }
+        }
+        drop(maps);
+        dp.set_host_addresses(new);
+    }
+
+    /// The ipcache entries of one endpoint's addresses: its identity while `present`, else
+    /// what the address is without it (the node's, a CIDR identity's, or nothing). The
+    /// per-endpoint path of CNI ADD and DEL; [`Agent::sync_ipcache`] rewrites everything.
+    pub(super) fn sync_endpoint_ipcache(
+        &self,
+        inner: &Inner,
+        record: &EndpointRecord,
+        present: bool,
+    ) -> Result<(), AgentError> {
+        let Some(dp) = &self.datapath else {
+            return Ok(());
+        };
+        let identity = record.identity.as_ref().map_or(0, |i| i.id);
+        let host = dp.host_addresses();
+        let mut maps = dp.maps();
+        for ip in record.addresses() {
+            let value = if present && identity != 0 {
+                Some(identity)
+            } else if host.contains(&ip) {
+                Some(abi::IDENTITY_HOST)
+            } else {
+                let full = if ip.is_ipv4() { 32 } else { 128 };
+                inner
+                    .cidr_identities
+                    .get(&crate::cidr::Cidr::new_truncated(ip, full))
+                    .copied()
+            };
+            maps.set_ipcache(Prefix::host(ip), value)?;
+        }
+        Ok(())
     }
 
     /// Makes the ipcache hold the node's addresses, the local endpoints and the CIDR
@@ -231,7 +284,7 @@ impl Agent {
             .filter_map(|r| r.identity.as_ref().map(|i| (r, i.id)))
             .flat_map(|(r, id)| r.addresses().map(move |ip| (ip, id)))
             .collect();
-        let desired = ipcache_desired(&inner.cidr_identities, &host_addresses(), &endpoints);
+        let desired = ipcache_desired(&inner.cidr_identities, &dp.host_addresses(), &endpoints);
         dp.maps().sync_ipcache(&desired)?;
         Ok(())
     }
@@ -260,13 +313,14 @@ impl Agent {
         }
     }
 
-    /// At start: the maps and links left by the previous run are brought in line with the
-    /// restored state in place (no flush: conntrack and counters survive), the programs of
-    /// every restored endpoint are swapped for this build's.
+    /// At start: the maps left by the previous run are brought in line with the restored
+    /// state in place (no flush: conntrack and counters survive), and the filters of every
+    /// restored endpoint get this build's programs (an atomic replace).
     pub(super) fn reconcile_datapath(&self, warnings: &mut Vec<String>) {
         let Some(dp) = &self.datapath else {
             return;
         };
+        dp.set_host_addresses(host_addresses());
         let inner = lock(&self.inner);
         let known: std::collections::BTreeSet<u16> = inner
             .endpoints
@@ -283,14 +337,6 @@ impl Agent {
         for id in &stale {
             dp.maps().remove_endpoint(*id);
         }
-        let devices: Vec<(String, u32)> = inner
-            .endpoints
-            .iter()
-            .filter(|r| has_device(r))
-            .map(|r| (r.interface_name.clone(), r.interface_index))
-            .collect();
-        let pruned =
-            dp.prune_links(&|name, index| devices.iter().any(|(n, i)| n == name && *i == index));
         let mut attached = 0;
         for record in inner.endpoints.iter().filter(|r| has_device(r)) {
             let result = self.sync_endpoint_datapath(&inner, record).and_then(|()| {
@@ -313,7 +359,6 @@ impl Agent {
         tracing::info!(
             endpoints = attached,
             stale_endpoints = stale.len(),
-            stale_links = pruned,
             "datapath reconciled"
         );
     }
@@ -347,6 +392,9 @@ impl Agent {
                     if removed > 0 {
                         tracing::debug!(removed, "expired conntrack entries collected");
                     }
+                }
+                if let Some(dp) = &agent.datapath {
+                    dp.set_host_addresses(host_addresses());
                 }
                 let inner = lock(&agent.inner);
                 if let Err(e) = agent.sync_ipcache(&inner) {

@@ -610,10 +610,10 @@ impl Agent {
         if let Err(e) = self.sync_endpoint_datapath(inner, &record) {
             tracing::warn!(endpoint = record.id, "cannot update the datapath: {e}");
         }
-        inner.endpoints.insert(record);
-        if let Err(e) = self.sync_ipcache(inner) {
+        if let Err(e) = self.sync_endpoint_ipcache(inner, &record, true) {
             tracing::warn!("cannot update the ipcache: {e}");
         }
+        inner.endpoints.insert(record);
         Ok(api)
     }
 

@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 /// Bumped with every layout change of a map key or value.
-pub const DATAPATH_ABI: u32 = 1;
+pub const DATAPATH_ABI: u32 = 2;
 
 pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;

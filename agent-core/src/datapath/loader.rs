@@ -1,66 +1,83 @@
 //! Loading the embedded programs with their maps pinned under `<bpf-root>/tc/globals`, and
-//! attaching them to endpoint devices with TCX links pinned under `<bpf-root>/cilium/links`,
-//! so that programs and maps keep working while the agent is stopped and a restarted agent
-//! swaps programs in place (`BPF_LINK_UPDATE`) without a moment of no enforcement.
+//! attaching them to endpoint devices as tc `cls_bpf` filters (direct action) on a `clsact`
+//! qdisc. A filter holds the program, so programs and maps keep working while the agent is
+//! stopped, and a restarted agent replaces the program of each filter in place without a
+//! moment of no enforcement. (See `link::tc` for why not TCX links.)
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use aya::maps::{Map, MapInfo};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::maps::{Map, MapInfo, MapType};
+use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 
 use super::abi;
 use super::DatapathError;
+use crate::link::rtnl::Rtnl;
+use crate::link::tc::Hook;
 
 /// The object compiled from `bpf-programs/datapath.c` by the build script.
 static DATAPATH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
 
 /// The two programs and where each is attached on the host-side device of an endpoint.
-pub const PROGRAMS: [(&str, TcAttachType, &str); 2] = [
-    ("from_container", TcAttachType::Ingress, "ingress"),
-    ("to_container", TcAttachType::Egress, "egress"),
+pub const PROGRAMS: [(&str, Hook); 2] = [
+    ("from_container", Hook::Ingress),
+    ("to_container", Hook::Egress),
 ];
 
-/// Key and value sizes of every map, to recognise pins left by an incompatible build.
-const MAP_LAYOUT: &[(&str, usize, usize)] = {
+/// Type, key and value sizes of every map, to recognise pins left by an incompatible build.
+const MAP_LAYOUT: &[(&str, MapType, usize, usize)] = {
     use std::mem::size_of;
     &[
         (
             "cilium_lxc",
+            MapType::Hash,
             size_of::<abi::EndpointKey>(),
             size_of::<abi::EndpointInfo>(),
         ),
         (
             "cilium_ipcache",
+            MapType::LpmTrie,
             4 + size_of::<abi::IpcacheAddr>(),
             size_of::<abi::IpcacheValue>(),
         ),
         (
             "cilium_policy",
+            MapType::Hash,
             size_of::<abi::PolicyKey>(),
             size_of::<abi::PolicyValue>(),
         ),
         (
             "cilium_ct4",
+            MapType::LruHash,
             size_of::<abi::Ct4Key>(),
             size_of::<abi::CtEntry>(),
         ),
         (
             "cilium_ct6",
+            MapType::LruHash,
             size_of::<abi::Ct6Key>(),
             size_of::<abi::CtEntry>(),
         ),
-        ("cilium_frag4", 12, 4),
-        ("cilium_frag6", 40, 4),
-        ("cilium_metrics", 4, size_of::<abi::MetricsValue>()),
-        ("cilium_config", 4, size_of::<abi::ConfigValue>()),
-        ("cilium_events", 0, 0),
+        ("cilium_frag4", MapType::LruHash, 12, 4),
+        ("cilium_frag6", MapType::LruHash, 40, 4),
+        (
+            "cilium_metrics",
+            MapType::PerCpuArray,
+            4,
+            size_of::<abi::MetricsValue>(),
+        ),
+        (
+            "cilium_config",
+            MapType::Array,
+            4,
+            size_of::<abi::ConfigValue>(),
+        ),
+        ("cilium_events", MapType::RingBuf, 0, 0),
     ]
 };
 
@@ -118,22 +135,23 @@ fn nix_mount(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes pinned maps whose key or value size differs from this build's (a datapath
+/// Removes pinned maps whose type, key or value size differs from this build's (a datapath
 /// upgrade with a new layout): they are recreated empty. Returns what it removed.
 fn drop_incompatible_pins(globals: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    for (name, key, value) in MAP_LAYOUT {
-        if *key == 0 {
-            continue;
-        }
+    for (name, kind, key, value) in MAP_LAYOUT {
         let path = globals.join(name);
         let Ok(info) = MapInfo::from_pin(&path) else {
             continue;
         };
-        if info.key_size() as usize != *key || info.value_size() as usize != *value {
+        let found = info.map_type().ok();
+        if found != Some(*kind)
+            || (*key != 0
+                && (info.key_size() as usize != *key || info.value_size() as usize != *value))
+        {
             tracing::warn!(
                 map = name,
-                "pinned map has another layout (key {} value {}, expected {key} {value}); recreating it",
+                "pinned map has another layout (type {found:?} key {} value {}, expected {kind:?} {key} {value}); recreating it",
                 info.key_size(),
                 info.value_size()
             );
@@ -156,7 +174,7 @@ pub fn load(globals: &Path) -> Result<Ebpf, DatapathError> {
         .default_map_pin_directory(globals)
         .load(DATAPATH_OBJECT)
         .map_err(|e| DatapathError::Load(e.to_string()))?;
-    for (name, _, _) in PROGRAMS {
+    for (name, _) in PROGRAMS {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| DatapathError::Load(format!("the object has no program {name}")))?
@@ -178,94 +196,64 @@ pub fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathErro
     })
 }
 
-/// Where the link of `program` on device `ifname` (index `ifindex`) is pinned. The index
-/// is part of the name so that a new device reusing the name never inherits a stale link.
-/// (bpffs refuses names with a dot.)
-pub fn link_pin(links: &Path, ifname: &str, ifindex: u32, suffix: &str) -> PathBuf {
-    links.join(format!("{ifname}-{ifindex}_{suffix}"))
-}
-
-/// Attaches both programs to `ifname`, or swaps the programs of its existing pinned links.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    links: &Path,
-    ifname: &str,
-    ifindex: u32,
-) -> Result<(), DatapathError> {
-    for (name, kind, suffix) in PROGRAMS {
-        let fail = |reason: String| DatapathError::Attach {
-            program: name,
-            device: ifname.to_string(),
-            reason,
-        };
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| fail("not loaded".into()))?
+/// Runs both programs on `ifname` (index `ifindex`): ingress first, then egress; an
+/// existing filter of the agent gets this build's program atomically.
+pub fn attach(ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+    let fail = |program: &'static str, reason: String| DatapathError::Attach {
+        program,
+        device: ifname.to_string(),
+        reason,
+    };
+    let mut rtnl = Rtnl::node().map_err(|e| fail("from_container", e.to_string()))?;
+    rtnl.ensure_clsact(ifindex, ifname)
+        .map_err(|e| fail("from_container", e.to_string()))?;
+    for (name, hook) in PROGRAMS {
+        let program: &SchedClassifier = ebpf
+            .program(name)
+            .ok_or_else(|| fail(name, "not loaded".into()))?
             .try_into()
-            .map_err(|e| fail(format!("{e}")))?;
-        let pin = link_pin(links, ifname, ifindex, suffix);
-        let existing = PinnedLink::from_pin(&pin)
-            .ok()
-            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).ok());
-        let id = match existing {
-            // An atomic swap: the device is never without a program.
-            Some(link) => program
-                .attach_to_link(link)
-                .map_err(|e| fail(format!("cannot update the pinned link: {e}")))?,
-            None => {
-                let id = program
-                    .attach_with_options(
-                        ifname,
-                        kind,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| fail(format!("{e}")))?;
-                let link = program.take_link(id).map_err(|e| fail(format!("{e}")))?;
-                let fd: FdLink = link.try_into().map_err(|e| fail(format!("{e}")))?;
-                // Dropping the pinned link closes our descriptor; the pin keeps it attached.
-                let _ = std::fs::remove_file(&pin);
-                fd.pin(&pin)
-                    .map_err(|e| fail(format!("cannot pin the link at {}: {e}", pin.display())))?;
-                continue;
-            }
-        };
-        // The link stays pinned; release our handle on it.
-        drop(program.take_link(id));
+            .map_err(|e| fail(name, format!("{e}")))?;
+        let fd = program.fd().map_err(|e| fail(name, format!("{e}")))?;
+        rtnl.attach_bpf(ifindex, ifname, hook, fd.as_fd(), name)
+            .map_err(|e| fail(name, e.to_string()))?;
     }
     Ok(())
 }
 
-/// Removes the pinned links of a device: with the device gone or not, the programs are
-/// detached once the last reference goes.
-pub fn detach(links: &Path, ifname: &str, ifindex: u32) {
-    for (_, _, suffix) in PROGRAMS {
-        let pin = link_pin(links, ifname, ifindex, suffix);
-        if let Err(e) = std::fs::remove_file(&pin) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(pin = %pin.display(), "cannot remove a link pin: {e}");
-            }
-        }
+/// Takes both programs off a device (its clsact qdisc goes with its filters).
+pub fn detach(ifname: &str, ifindex: u32) {
+    let removed = Rtnl::node().and_then(|mut rtnl| rtnl.remove_clsact(ifindex, ifname));
+    if let Err(e) = removed {
+        tracing::warn!(device = ifname, "cannot remove the datapath filters: {e}");
     }
 }
 
-/// Removes pinned links of devices that are not in `keep` (ifname-ifindex names).
-pub fn prune_links(links: &Path, keep: &dyn Fn(&str, u32) -> bool) -> usize {
-    let Ok(entries) = std::fs::read_dir(links) else {
-        return 0;
+/// The programs attached to a device, by hook (empty when none).
+pub fn attached(ifname: &str, ifindex: u32) -> Vec<(Hook, String)> {
+    let Ok(mut rtnl) = Rtnl::node() else {
+        return Vec::new();
     };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some((stem, _)) = name.rsplit_once('_') else {
-            continue;
-        };
-        let Some((ifname, index)) = stem.rsplit_once('-') else {
-            continue;
-        };
-        let index = index.parse().unwrap_or(0);
-        if !keep(ifname, index) && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+    let mut out = Vec::new();
+    for (_, hook) in PROGRAMS {
+        for name in rtnl.bpf_filters(ifindex, ifname, hook).unwrap_or_default() {
+            out.push((hook, name));
         }
     }
+    out
+}
+
+/// Removes the TCX link pins of earlier builds (`<bpf-root>/cilium/links`): a device with
+/// both a link and a filter would run the programs twice.
+pub fn remove_legacy_links(root: &Path) -> usize {
+    let dir = root.join("cilium/links");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let removed = entries
+        .flatten()
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count();
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(root.join("cilium"));
     removed
 }

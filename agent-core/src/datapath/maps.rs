@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use std::os::fd::{AsFd, OwnedFd};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 
 use super::abi::{
     self, EndpointInfo, EndpointKey, IpcacheAddr, IpcacheValue, PolicyKey, PolicyValue,
 };
-use super::DatapathError;
+use super::{batch, DatapathError};
 use crate::cidr::Cidr;
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -124,12 +126,13 @@ pub struct EndpointEntry {
 pub struct Maps {
     lxc: BpfHashMap<MapData, EndpointKey, EndpointInfo>,
     ipcache: LpmTrie<MapData, IpcacheAddr, IpcacheValue>,
-    policy: PerCpuHashMap<MapData, PolicyKey, PolicyValue>,
+    policy: BpfHashMap<MapData, PolicyKey, PolicyValue>,
+    /// The policy map's descriptor, for batch writes.
+    policy_fd: OwnedFd,
     pub(super) ct4: BpfHashMap<MapData, abi::Ct4Key, abi::CtEntry>,
     pub(super) ct6: BpfHashMap<MapData, abi::Ct6Key, abi::CtEntry>,
     metrics: PerCpuArray<MapData, abi::MetricsValue>,
     config: Array<MapData, abi::ConfigValue>,
-    nr_cpus: usize,
     lxc_mirror: HashMap<EndpointKey, EndpointInfo>,
     ipcache_mirror: BTreeMap<Prefix, u32>,
     policy_mirror: BTreeMap<u16, BTreeMap<PolicyKey, PolicyVerdict>>,
@@ -155,9 +158,17 @@ impl Maps {
         let ipcache: LpmTrie<MapData, IpcacheAddr, IpcacheValue> =
             LpmTrie::try_from(take_map(ebpf, "cilium_ipcache")?)
                 .map_err(map_err("cilium_ipcache"))?;
-        let policy: PerCpuHashMap<MapData, PolicyKey, PolicyValue> =
-            PerCpuHashMap::try_from(take_map(ebpf, "cilium_policy")?)
-                .map_err(map_err("cilium_policy"))?;
+        let policy_map = take_map(ebpf, "cilium_policy")?;
+        let policy_fd = match &policy_map {
+            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned(),
+            _ => Err(std::io::Error::other("not a hash map")),
+        }
+        .map_err(|e| DatapathError::Map {
+            map: "cilium_policy",
+            reason: e.to_string(),
+        })?;
+        let policy: BpfHashMap<MapData, PolicyKey, PolicyValue> =
+            BpfHashMap::try_from(policy_map).map_err(map_err("cilium_policy"))?;
         let ct4 =
             BpfHashMap::try_from(take_map(ebpf, "cilium_ct4")?).map_err(map_err("cilium_ct4"))?;
         let ct6 =
@@ -166,8 +177,6 @@ impl Maps {
             .map_err(map_err("cilium_metrics"))?;
         let config =
             Array::try_from(take_map(ebpf, "cilium_config")?).map_err(map_err("cilium_config"))?;
-        let nr_cpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| DatapathError::Load(format!("{what}: {e}")))?;
 
         let mut lxc_mirror = HashMap::new();
         for item in lxc.iter() {
@@ -188,8 +197,7 @@ impl Maps {
         }
         let mut policy_mirror: BTreeMap<u16, BTreeMap<PolicyKey, PolicyVerdict>> = BTreeMap::new();
         for item in policy.iter() {
-            let (k, values) = item.map_err(map_err("cilium_policy"))?;
-            let first = values.iter().next().copied().unwrap_or_default();
+            let (k, first) = item.map_err(map_err("cilium_policy"))?;
             policy_mirror.entry(k.endpoint_id).or_default().insert(
                 k,
                 PolicyVerdict {
@@ -202,11 +210,11 @@ impl Maps {
             lxc,
             ipcache,
             policy,
+            policy_fd,
             ct4,
             ct6,
             metrics,
             config,
-            nr_cpus,
             lxc_mirror,
             ipcache_mirror,
             policy_mirror,
@@ -254,74 +262,59 @@ impl Maps {
         result
     }
 
-    /// Writes `new` over `old` (the mirror of one endpoint): changed and added entries first,
-    /// then removals; records what was written.
+    /// Writes `new` over `old` (the mirror of one endpoint): changed and added entries first
+    /// (one batch), then removals; records what was written.
     fn write_policy(
         &mut self,
         old: &BTreeMap<PolicyKey, PolicyVerdict>,
         new: &BTreeMap<PolicyKey, PolicyVerdict>,
     ) -> Result<(), DatapathError> {
-        let mut written: BTreeMap<PolicyKey, PolicyVerdict> = BTreeMap::new();
-        let mut result = Ok(());
-        let endpoint = new.keys().chain(old.keys()).next().map(|k| k.endpoint_id);
+        let Some(endpoint) = new.keys().chain(old.keys()).next().map(|k| k.endpoint_id) else {
+            return Ok(());
+        };
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
         for (key, verdict) in new {
             if old.get(key) == Some(verdict) {
-                written.insert(*key, *verdict);
                 continue;
             }
             // Keep the counters of an entry whose verdict changes (a new one has none).
             let current = if old.contains_key(key) {
-                self.policy.get(key, 0).ok()
+                self.policy.get(key, 0).unwrap_or_default()
             } else {
-                None
+                PolicyValue::default()
             };
-            let values: Vec<PolicyValue> = (0..self.nr_cpus)
-                .map(|cpu| {
-                    let c = current
-                        .as_ref()
-                        .and_then(|v| v.get(cpu).copied())
-                        .unwrap_or_default();
-                    PolicyValue {
-                        proxy_port: verdict.proxy_port.to_be(),
-                        action: verdict.action,
-                        pad: [0; 5],
-                        packets: c.packets,
-                        bytes: c.bytes,
-                    }
-                })
-                .collect();
-            let values = match PerCpuValues::try_from(values) {
-                Ok(v) => v,
-                Err(e) => {
-                    result = Err(DatapathError::Map {
-                        map: "cilium_policy",
-                        reason: e.to_string(),
-                    });
-                    break;
-                }
-            };
-            if let Err(e) = self.policy.insert(key, values, 0) {
-                result = Err(map_err("cilium_policy")(e));
-                break;
-            }
-            written.insert(*key, *verdict);
+            keys.push(*key);
+            values.push(PolicyValue {
+                proxy_port: verdict.proxy_port.to_be(),
+                action: verdict.action,
+                pad: [0; 5],
+                packets: current.packets,
+                bytes: current.bytes,
+            });
         }
-        if result.is_ok() {
-            for key in old.keys().filter(|k| !new.contains_key(k)) {
-                let _ = self.policy.remove(key);
+        if let Err((done, e)) = batch::update(self.policy_fd.as_fd(), &keys, &values) {
+            // Track what the map holds now: the old entries and the ones written.
+            let mut written = old.clone();
+            for key in &keys[..done.min(keys.len())] {
+                written.insert(*key, new[key]);
             }
-        } else {
-            // Keep tracking old entries that are still in the map.
-            for (key, verdict) in old {
-                written.entry(*key).or_insert(*verdict);
-            }
+            self.policy_mirror.insert(endpoint, written);
+            return Err(DatapathError::Map {
+                map: "cilium_policy",
+                reason: e.to_string(),
+            });
         }
-        if let Some(id) = endpoint {
-            if !written.is_empty() {
-                self.policy_mirror.insert(id, written);
-            }
+        let stale: Vec<PolicyKey> = old
+            .keys()
+            .filter(|k| !new.contains_key(k))
+            .copied()
+            .collect();
+        batch::delete(self.policy_fd.as_fd(), &stale);
+        if !new.is_empty() {
+            self.policy_mirror.insert(endpoint, new.clone());
         }
-        result
+        Ok(())
     }
 
     /// Removes every entry of an endpoint.
@@ -337,9 +330,8 @@ impl Maps {
             self.lxc_mirror.remove(&key);
         }
         if let Some(entries) = self.policy_mirror.remove(&id) {
-            for key in entries.keys() {
-                let _ = self.policy.remove(key);
-            }
+            let keys: Vec<PolicyKey> = entries.into_keys().collect();
+            batch::delete(self.policy_fd.as_fd(), &keys);
         }
     }
 
@@ -354,6 +346,33 @@ impl Maps {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// Sets (or removes, with `None`) the entry of one prefix.
+    pub fn set_ipcache(
+        &mut self,
+        prefix: Prefix,
+        identity: Option<u32>,
+    ) -> Result<(), DatapathError> {
+        match identity {
+            Some(id) if self.ipcache_mirror.get(&prefix) == Some(&id) => {}
+            Some(id) => {
+                let value = IpcacheValue {
+                    identity: id,
+                    tunnel_endpoint: 0,
+                };
+                self.ipcache
+                    .insert(&prefix.key(), value, 0)
+                    .map_err(map_err("cilium_ipcache"))?;
+                self.ipcache_mirror.insert(prefix, id);
+            }
+            None => {
+                if self.ipcache_mirror.remove(&prefix).is_some() {
+                    let _ = self.ipcache.remove(&prefix.key());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes the ipcache hold exactly `desired`: writes first, removals last.
@@ -411,11 +430,7 @@ impl Maps {
                 let (packets, bytes) = self
                     .policy
                     .get(k, 0)
-                    .map(|values| {
-                        values
-                            .iter()
-                            .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes))
-                    })
+                    .map(|v| (v.packets, v.bytes))
                     .unwrap_or((0, 0));
                 (*k, *v, packets, bytes)
             })

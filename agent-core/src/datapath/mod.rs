@@ -3,6 +3,7 @@
 //! agent derives from its state, and the monitor events the programs report.
 
 pub mod abi;
+mod batch;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
@@ -43,9 +44,10 @@ pub enum DatapathError {
 pub struct Datapath {
     root: PathBuf,
     globals: PathBuf,
-    links: PathBuf,
     programs: Mutex<Ebpf>,
     maps: Mutex<Maps>,
+    /// The node's own addresses (the `host` identity), re-read by the agent's upkeep.
+    host_addresses: Mutex<Vec<std::net::IpAddr>>,
     events: broadcast::Sender<Arc<MonitorEvent>>,
     events_lost: Arc<AtomicU64>,
 }
@@ -71,11 +73,10 @@ impl Datapath {
     pub fn open(root: &Path) -> Result<Datapath, DatapathError> {
         loader::ensure_bpffs(root)?;
         let globals = root.join("tc/globals");
-        let links = root.join("cilium/links");
-        std::fs::create_dir_all(&links).map_err(|e| DatapathError::Bpffs {
-            path: links.display().to_string(),
-            reason: format!("cannot create it: {e}"),
-        })?;
+        let legacy = loader::remove_legacy_links(root);
+        if legacy > 0 {
+            tracing::info!(links = legacy, "removed TCX link pins of an earlier build");
+        }
         let mut ebpf = loader::load(&globals)?;
         let maps = Maps::open(&mut ebpf)?;
         let ring =
@@ -91,9 +92,9 @@ impl Datapath {
         Ok(Datapath {
             root: root.to_path_buf(),
             globals,
-            links,
             programs: Mutex::new(ebpf),
             maps: Mutex::new(maps),
+            host_addresses: Mutex::new(Vec::new()),
             events,
             events_lost,
         })
@@ -110,17 +111,26 @@ impl Datapath {
 
     /// Attaches the programs to an endpoint's host-side device (or swaps them in place).
     pub fn attach(&self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-        loader::attach(&mut lock(&self.programs), &self.links, ifname, ifindex)
+        loader::attach(&mut lock(&self.programs), ifname, ifindex)
     }
 
-    /// Detaches the programs from a device by removing its link pins.
+    /// The node's addresses as last read.
+    pub fn host_addresses(&self) -> Vec<std::net::IpAddr> {
+        lock(&self.host_addresses).clone()
+    }
+
+    pub fn set_host_addresses(&self, addresses: Vec<std::net::IpAddr>) {
+        *lock(&self.host_addresses) = addresses;
+    }
+
+    /// Takes the programs off a device.
     pub fn detach(&self, ifname: &str, ifindex: u32) {
-        loader::detach(&self.links, ifname, ifindex)
+        loader::detach(ifname, ifindex)
     }
 
-    /// Removes link pins of devices `keep` does not name.
-    pub fn prune_links(&self, keep: &dyn Fn(&str, u32) -> bool) -> usize {
-        loader::prune_links(&self.links, keep)
+    /// The programs on a device's hooks: `(hook, program name)`.
+    pub fn attached(&self, ifname: &str, ifindex: u32) -> Vec<(crate::link::tc::Hook, String)> {
+        loader::attached(ifname, ifindex)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<MonitorEvent>> {

@@ -1,5 +1,6 @@
 //! Netlink plumbing: the veth pair of each endpoint, the `cilium_host` device that holds
-//! the router addresses, and the sysctls they need. The wire format and socket are in
+//! the router addresses, the sysctls they need, and the tc clsact filters that run the
+//! datapath programs. The wire format and socket are in
 //! [`message`] and [`socket`], typed operations in [`rtnl`].
 
 mod attach;
@@ -9,6 +10,7 @@ pub mod message;
 pub mod rtnl;
 pub mod socket;
 mod sysctl;
+pub mod tc;
 
 use std::io;
 use std::path::PathBuf;

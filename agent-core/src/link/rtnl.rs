@@ -52,7 +52,7 @@ pub struct Neighbour {
 /// An rtnetlink socket bound to one namespace, named for error messages.
 #[derive(Debug)]
 pub struct Rtnl {
-    socket: Socket,
+    pub(super) socket: Socket,
     /// "node" or the container netns path.
     place: String,
 }
@@ -131,7 +131,7 @@ impl Rtnl {
         Ok(Rtnl { socket, place })
     }
 
-    fn fail(
+    pub(super) fn fail(
         &self,
         op: &'static str,
         object: impl std::fmt::Display,
