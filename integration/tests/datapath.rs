@@ -137,6 +137,45 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// The ids of the programs on each lxc device of the node: `dev -> [ingress, egress]`.
+/// Panics unless each hook has exactly the agent's one filter.
+fn attached_programs(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+    let links = String::from_utf8_lossy(&node.netns.exec_ok(&["ip", "-o", "link", "show"]).stdout)
+        .into_owned();
+    let mut out = std::collections::BTreeMap::new();
+    for dev in links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("lxc"))
+    {
+        let mut ids = Vec::new();
+        for (hook, program) in [("ingress", "from_container"), ("egress", "to_container")] {
+            let shown = node
+                .netns
+                .exec_ok(&["tc", "filter", "show", "dev", &dev, hook]);
+            let shown = String::from_utf8_lossy(&shown.stdout);
+            let filters: Vec<&str> = shown
+                .lines()
+                .filter(|l| l.contains(" bpf ") && l.contains(" handle "))
+                .collect();
+            assert!(
+                filters.len() == 1 && filters[0].contains(program),
+                "{dev} {hook}: expected one {program} filter:\n{shown}"
+            );
+            let id = filters[0]
+                .split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            ids.push(id);
+        }
+        out.insert(dev, ids);
+    }
+    out
+}
+
 #[test]
 fn seed_l3_l4_policy_enforced_on_real_traffic() {
     if !require_root("seed_l3_l4_policy_enforced_on_real_traffic") {
@@ -251,6 +290,8 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
     // The agent stops: programs and maps keep enforcing. It starts again: the pinned maps
     // are reconciled in place, conntrack and counters are kept.
     let ct_before = node.agent.cli(&["bpf", "ct", "list", "global"]).ok();
+    let programs_before = attached_programs(&node);
+    assert_eq!(programs_before.len(), 3, "{programs_before:?}");
     node.agent.stop_with(Signal::SIGKILL);
     assert_eq!(
         tcp_exchange(&mut long, b"agent down\n").expect("echo"),
@@ -275,6 +316,16 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
         tcp_exchange(&mut long, b"restarted\n").expect("echo"),
         b"restarted\n"
     );
+    // Each device still has one filter per hook, now running the restarted agent's programs.
+    let programs_after = attached_programs(&node);
+    assert_eq!(programs_after.len(), 3, "{programs_after:?}");
+    for (dev, before) in &programs_before {
+        let after = &programs_after[dev];
+        assert!(
+            before.iter().zip(after).all(|(b, a)| b != a),
+            "{dev}: programs replaced in place: {before:?} -> {after:?}"
+        );
+    }
     assert!(
         tcp_works(&c2.name, sa(v6(&e1), 80)),
         "allowed after the restart"
