@@ -189,6 +189,13 @@ impl Plain {
     }
 }
 
+fn join(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -218,12 +225,9 @@ impl Series {
             median(self.gbps.clone()),
         );
         println!(
-            "  {label:<44} RR p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   stream {gbps:>6.2} Gbit/s   (rounds: p50 {})",
-            self.p50
-                .iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join("/")
+            "  {label:<44} RR p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   stream {gbps:>6.2} Gbit/s   (rounds: p50 {}; Gbit/s {})",
+            join(&self.p50, 0),
+            join(&self.gbps, 1)
         );
         (p50, gbps)
     }
