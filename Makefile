@@ -9,8 +9,8 @@ ARGS ?=
 all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
-# image), containerd (ctr run --cni) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool
+# image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
+TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io
 
 deps:
 	@install/deps.sh

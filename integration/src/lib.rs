@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cni;
+pub mod docker;
 pub mod image;
 pub mod traffic;
 

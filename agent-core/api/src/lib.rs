@@ -18,3 +18,7 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/cilium/cilium.sock";
 
 /// Largest request body the agent accepts.
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+/// IPAM owner of the addresses the Docker IPAM driver reserves: they belong to the driver
+/// (released by its `ReleaseAddress`), and the endpoint that uses one never releases it.
+pub const DOCKER_IPAM_OWNER: &str = "docker-ipam";

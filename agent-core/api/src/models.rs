@@ -667,6 +667,10 @@ pub struct EndpointChangeRequest {
     /// The CNI network that attaches this endpoint (used by CNI GC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_network: Option<String>,
+    /// Docker: create the veth pair in the node's namespace and leave the peer under this
+    /// name (the runtime moves it into the container). `addressing` is then required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub veth_peer_name: Option<String>,
 }
 
 /// Reply of `GET /endpoint/{id}/healthz`: whether what the agent made for the endpoint is

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use cilium_api::models::{
     AddressPair, Endpoint, EndpointChangeRequest, EndpointHealth, EndpointState, Family,
 };
-use cilium_api::EndpointId;
+use cilium_api::{EndpointId, DOCKER_IPAM_OWNER};
 
 use super::{lock, merge_path_id, save_ipam, Agent, AgentError, Claim, DeleteOutcome, Inner};
-use crate::endpoint::{check_ifname, EndpointError, Plumbing};
+use crate::endpoint::{check_ifname, check_mac, EndpointError, EndpointRecord, Plumbing};
 use crate::ipam::Ipam;
+use crate::ipam::IpamError;
 use crate::link::{self, Attachment};
 use crate::netns::Netns;
 
@@ -123,6 +124,7 @@ impl Agent {
                 mtu,
                 gateway: routers.clone(),
                 cni_network: req.cni_network.clone().unwrap_or_default(),
+                veth_peer: String::new(),
             },
         )?;
         let addresses: Vec<IpAddr> = {
@@ -154,11 +156,121 @@ impl Agent {
             }
         };
 
+        let description = format!(
+            "attached: {} in node, {ifname} in {netns_path}",
+            attached.host.name
+        );
+        self.finish_attach(&reserved, &attached, &host_name, &description)
+    }
+
+    /// `PUT /endpoint/{id}` with a `veth-peer-name` (Docker): the veth pair is made in the
+    /// node's namespace and the runtime moves the peer into the container and configures
+    /// it. The addresses were reserved by the IPAM driver and stay its own: they are
+    /// released by its `ReleaseAddress`, not by the endpoint's deletion.
+    pub(super) fn endpoint_attach_docker(
+        &self,
+        id: &EndpointId,
+        mut req: EndpointChangeRequest,
+    ) -> Result<Endpoint, AgentError> {
+        merge_path_id(id, &mut req)?;
+        let peer = req.veth_peer_name.clone().unwrap_or_default();
+        check_ifname(&peer)?;
+        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
+        if !(68..=65535).contains(&mtu) {
+            return Err(AgentError::Invalid(format!(
+                "mtu {mtu} is outside 68-65535"
+            )));
+        }
+        if req.container_interface_name.is_some() {
+            return Err(AgentError::Invalid(
+                "container-interface-name does not apply with veth-peer-name: the runtime names \
+                 the interface"
+                    .into(),
+            ));
+        }
+        if req.interface_name.is_some() || req.interface_index.is_some() || req.host_mac.is_some() {
+            return Err(AgentError::Invalid(
+                "interface-name, interface-index and host-mac are set by the agent when it \
+                 creates the links (veth-peer-name given)"
+                    .into(),
+            ));
+        }
+        let peer_mac = req.mac.take().filter(|m| !m.is_empty());
+        if let Some(mac) = &peer_mac {
+            check_mac(mac)?;
+        }
+        let addressing = req.addressing.clone().unwrap_or_default();
+        if addressing.is_empty() {
+            return Err(AgentError::Invalid(
+                "an endpoint with a veth-peer-name needs its addressing (reserved through the \
+                 IPAM driver)"
+                    .into(),
+            ));
+        }
+        let key = req
+            .docker_endpoint_id
+            .clone()
+            .or_else(|| req.container_id.clone())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                AgentError::Invalid(
+                    "an endpoint with a veth-peer-name needs a docker-endpoint-id".into(),
+                )
+            })?;
+        let host_name = link::host_link_name(&key);
+        let routers = self.routers();
+        let reserved = self.reserve_endpoint(
+            id,
+            &req,
+            Plumbing {
+                mtu,
+                gateway: routers.clone(),
+                veth_peer: peer.clone(),
+                ..Plumbing::default()
+            },
+        )?;
+        let router_list: Vec<IpAddr> = [routers.ipv4, routers.ipv6].into_iter().flatten().collect();
+        let built = self.ensure_host_device().and_then(|()| {
+            link::attach_host_pair(&link::HostPair {
+                host_name: &host_name,
+                peer_name: &peer,
+                peer_mac: peer_mac.as_deref(),
+                mtu,
+                addresses: [addressing.ipv4, addressing.ipv6]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                routers: router_list,
+            })
+            .map_err(AgentError::from)
+        });
+        let attached = match built {
+            Ok(a) => a,
+            Err(e) => {
+                self.abandon(&reserved);
+                return Err(e);
+            }
+        };
+        let description = format!(
+            "attached: {} in node, peer {peer} left for the runtime",
+            attached.host.name
+        );
+        self.finish_attach(&reserved, &attached, &host_name, &description)
+    }
+
+    /// Step (3): record the links, resolve the identity, enforce, persist; or undo it all.
+    fn finish_attach(
+        &self,
+        reserved: &Reserved,
+        attached: &link::Attached,
+        host_name: &str,
+        description: &str,
+    ) -> Result<Endpoint, AgentError> {
         let mut inner = lock(&self.inner);
         inner.attaching.remove(&reserved.id);
         let Some(mut record) = inner.endpoints.get(reserved.id).cloned() else {
             drop(inner);
-            let _ = link::detach(&host_name);
+            let _ = link::detach(host_name);
             return Err(EndpointError::Conflict(format!(
                 "endpoint {} vanished while it was being attached",
                 reserved.id
@@ -169,13 +281,7 @@ impl Agent {
         record.interface_index = attached.host.index;
         record.host_mac = attached.host.mac.clone();
         record.mac = attached.container.mac.clone();
-        record.log(
-            cilium_api::models::StatusCode::Ok,
-            &format!(
-                "attached: {} in node, {ifname} in {netns_path}",
-                attached.host.name
-            ),
-        );
+        record.log(cilium_api::models::StatusCode::Ok, description);
         let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
         let resolved = self.resolve_identity(&mut inner, &mut record);
         // Enforced before the runtime gets the result (and starts the workload).
@@ -199,7 +305,7 @@ impl Agent {
             self.ipam.release_pair(&reserved.allocated);
             let _ = self.persist_ipam(&inner);
             drop(inner);
-            let _ = link::detach(&host_name);
+            let _ = link::detach(host_name);
             return Err(e);
         }
         tracing::info!(endpoint = record.id, container = %record.container_id, link = %record.interface_name, "endpoint attached");
@@ -222,7 +328,10 @@ impl Agent {
         };
         let mut record = self.new_record(&mut inner, id, &req)?;
         record.plumbing = plumbing;
-        let (claims, allocated) = if record.addressing.is_empty() {
+        let (claims, allocated) = if record.plumbing.is_docker() {
+            self.check_docker_addresses(&inner, &record)?;
+            (Vec::new(), AddressPair::default())
+        } else if record.addressing.is_empty() {
             let pair = self.ipam.allocate(None, &record.owner_tag())?;
             record.addressing = pair.clone();
             (Vec::new(), pair)
@@ -240,6 +349,39 @@ impl Agent {
             claims,
             allocated,
         })
+    }
+
+    /// A Docker endpoint's addresses: reserved through the IPAM driver and used by no other
+    /// endpoint.
+    fn check_docker_addresses(
+        &self,
+        inner: &Inner,
+        record: &EndpointRecord,
+    ) -> Result<(), AgentError> {
+        for ip in record.addresses() {
+            match self.ipam.owner(&ip) {
+                Some(owner) if owner == DOCKER_IPAM_OWNER => {}
+                Some(owner) => {
+                    return Err(IpamError::AlreadyAllocated { ip, owner }.into());
+                }
+                None => {
+                    return Err(AgentError::Invalid(format!(
+                        "address {ip} was not reserved through the IPAM driver (owner {DOCKER_IPAM_OWNER})"
+                    )))
+                }
+            }
+            if let Some(other) = inner
+                .endpoints
+                .iter()
+                .find(|r| r.id != record.id && r.addresses().any(|a| a == ip))
+            {
+                return Err(AgentError::AddressInUse {
+                    ip,
+                    endpoint: other.id,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Undoes step (1) after a failed step (2).
@@ -353,19 +495,32 @@ impl Agent {
                 )],
             });
         }
-        let mut problems = match Netns::open(Path::new(&record.plumbing.netns_path)) {
-            Err(e) => vec![e.to_string()],
-            Ok(netns) => link::inspect(&Attachment {
-                netns: &netns,
-                host_name: &record.interface_name,
-                container_name: &record.plumbing.container_interface_name,
-                mtu: record.plumbing.mtu,
-                addresses: record.addresses().collect(),
-                routers: [record.plumbing.gateway.ipv4, record.plumbing.gateway.ipv6]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-            }),
+        let mut problems = if record.plumbing.is_docker() {
+            // The runtime owns the container side; the host side is the agent's.
+            match link::rtnl::Rtnl::node().and_then(|mut n| n.link(&record.interface_name)) {
+                Ok(Some(l)) if l.index == record.interface_index && l.up => Vec::new(),
+                Ok(Some(_)) => vec![format!(
+                    "link {} was replaced or is down",
+                    record.interface_name
+                )],
+                Ok(None) => vec![format!("link {} is missing", record.interface_name)],
+                Err(e) => vec![e.to_string()],
+            }
+        } else {
+            match Netns::open(Path::new(&record.plumbing.netns_path)) {
+                Err(e) => vec![e.to_string()],
+                Ok(netns) => link::inspect(&Attachment {
+                    netns: &netns,
+                    host_name: &record.interface_name,
+                    container_name: &record.plumbing.container_interface_name,
+                    mtu: record.plumbing.mtu,
+                    addresses: record.addresses().collect(),
+                    routers: [record.plumbing.gateway.ipv4, record.plumbing.gateway.ipv6]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                }),
+            }
         };
         if let Some(dp) = &self.datapath {
             let attached = dp.attached(&record.interface_name, record.interface_index);

@@ -410,8 +410,18 @@ impl Agent {
         id: &EndpointId,
         mut req: EndpointChangeRequest,
     ) -> Result<Endpoint, AgentError> {
+        if req.netns_path.is_some() && req.veth_peer_name.is_some() {
+            return Err(AgentError::Invalid(
+                "netns-path and veth-peer-name exclude each other: the agent either builds the \
+                 container side itself (CNI) or leaves it to the runtime (Docker)"
+                    .into(),
+            ));
+        }
         if req.netns_path.is_some() {
             return self.endpoint_attach(id, req);
+        }
+        if req.veth_peer_name.is_some() {
+            return self.endpoint_attach_docker(id, req);
         }
         if req.container_interface_name.is_some() || req.mtu.is_some() {
             return Err(AgentError::Invalid(

@@ -61,6 +61,12 @@ pub(super) fn restore(
         for ip in record.addresses().collect::<Vec<_>>() {
             let problem = match ipam.owner(&ip) {
                 Some(owner) if owner == tag => None,
+                // Docker endpoints use addresses their IPAM driver holds.
+                Some(owner)
+                    if owner == cilium_api::DOCKER_IPAM_OWNER && record.plumbing.is_docker() =>
+                {
+                    None
+                }
                 Some(owner) if owner == ROUTER_OWNER => {
                     Some("it is the router address".to_string())
                 }

@@ -74,11 +74,20 @@ pub struct Plumbing {
     /// The CNI network that attached the endpoint, if CNI did.
     #[serde(default)]
     pub cni_network: String,
+    /// Docker: the peer the agent left in the node's namespace for the runtime to move.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub veth_peer: String,
 }
 
 impl Plumbing {
+    /// The agent made no links for this endpoint.
     pub fn is_empty(&self) -> bool {
-        self.netns_path.is_empty()
+        self.netns_path.is_empty() && self.veth_peer.is_empty()
+    }
+
+    /// The runtime (Docker) moved and configured the container side itself.
+    pub fn is_docker(&self) -> bool {
+        !self.veth_peer.is_empty()
     }
 }
 
@@ -394,7 +403,7 @@ pub fn check_ifname(name: &str) -> Result<(), EndpointError> {
     Ok(())
 }
 
-fn check_mac(mac: &str) -> Result<(), EndpointError> {
+pub fn check_mac(mac: &str) -> Result<(), EndpointError> {
     let parts: Vec<&str> = mac.split(':').collect();
     let ok = parts.len() == 6
         && parts

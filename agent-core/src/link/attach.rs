@@ -156,6 +156,77 @@ fn configure(
     })
 }
 
+/// A veth pair made entirely in the node's namespace for a runtime that moves the peer into
+/// the container itself and configures it there (Docker's libnetwork).
+#[derive(Debug)]
+pub struct HostPair<'a> {
+    /// Host side, `lxc…`.
+    pub host_name: &'a str,
+    /// The end the runtime moves.
+    pub peer_name: &'a str,
+    /// The peer's MAC when the runtime chose one.
+    pub peer_mac: Option<&'a str>,
+    pub mtu: u32,
+    pub addresses: Vec<IpAddr>,
+    pub routers: Vec<IpAddr>,
+}
+
+/// Builds a [`HostPair`]: the pair, the host side up, the node's routes to the endpoint
+/// addresses, and proxy neighbour discovery for the IPv6 router (the router address lives on
+/// `cilium_host`, and IPv6 only answers solicitations for addresses of the asking link).
+/// IPv4 needs nothing: ARP answers for any local address. A failure removes the pair.
+pub fn attach_host_pair(p: &HostPair<'_>) -> Result<Attached, LinkError> {
+    let mut node = Rtnl::node()?;
+    if node.link(p.peer_name)?.is_some() {
+        return Err(LinkError::Exists {
+            name: p.peer_name.to_string(),
+            place: "node".into(),
+        });
+    }
+    if node.delete_link(p.host_name)? {
+        tracing::info!(link = p.host_name, "removed a stale host-side link");
+    }
+    node.create_veth(p.host_name, p.peer_name, None, p.mtu)?;
+    match configure_host_pair(p, &mut node) {
+        Ok(attached) => Ok(attached),
+        Err(e) => {
+            if let Err(undo) = node.delete_link(p.host_name) {
+                tracing::warn!(link = p.host_name, "rollback failed: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn configure_host_pair(p: &HostPair<'_>, node: &mut Rtnl) -> Result<Attached, LinkError> {
+    let vanished = |name: &str| LinkError::Vanished {
+        name: name.to_string(),
+    };
+    sysctl::prepare_link(p.host_name)?;
+    let host = node
+        .link(p.host_name)?
+        .ok_or_else(|| vanished(p.host_name))?;
+    let mut peer = node
+        .link(p.peer_name)?
+        .ok_or_else(|| vanished(p.peer_name))?;
+    if let Some(mac) = p.peer_mac {
+        node.set_mac(peer.index, p.peer_name, mac)?;
+        peer.mac = mac.to_ascii_lowercase();
+    }
+    node.set_up(host.index, p.host_name)?;
+    for router in p.routers.iter().filter(|r| r.is_ipv6()) {
+        sysctl::set_ipv6(&format!("conf/{}/proxy_ndp", p.host_name), "1")?;
+        node.add_proxy_neighbour(host.index, *router)?;
+    }
+    for ip in &p.addresses {
+        node.add_route(&node_route(*ip, router_for(&p.routers, ip), host.index))?;
+    }
+    Ok(Attached {
+        host: LinkInfo { up: true, ..host },
+        container: peer,
+    })
+}
+
 /// Removes the endpoint's veth pair (and with it every route through it). Works whether or
 /// not the container netns still exists. `Ok(false)` when there was nothing to remove.
 pub fn detach(host_name: &str) -> Result<bool, LinkError> {

@@ -15,7 +15,9 @@ pub mod tc;
 use std::io;
 use std::path::PathBuf;
 
-pub use attach::{attach, detach, detach_index, inspect, Attached, Attachment};
+pub use attach::{
+    attach, attach_host_pair, detach, detach_index, inspect, Attached, Attachment, HostPair,
+};
 pub use host::{ensure_host_device, HOST_DEVICE, HOST_PEER};
 
 use crate::netns::NetnsError;

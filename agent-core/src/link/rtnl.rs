@@ -17,6 +17,9 @@ const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 const NUD_PERMANENT: u16 = 0x80;
+const NTF_PROXY: u8 = 0x08;
+/// Offset of `ndm_flags` in `struct ndmsg`.
+const NDM_FLAGS: usize = 10;
 
 /// What the agent needs to know of a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,6 +340,32 @@ impl Rtnl {
         self.socket
             .execute(&req)
             .map_err(|e| self.fail("add neighbour", format!("{} lladdr {}", n.ip, n.mac), e))
+    }
+
+    /// A proxy entry: the node answers neighbour solicitations for `ip` on link `index`
+    /// (with `proxy_ndp` on for the link).
+    pub fn add_proxy_neighbour(&mut self, index: u32, ip: IpAddr) -> Result<(), LinkError> {
+        let mut fixed = ndmsg(family_of(&ip), index, NUD_PERMANENT);
+        fixed[NDM_FLAGS] = NTF_PROXY;
+        let mut req = Request::new(
+            RTM_NEWNEIGH,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            &fixed,
+        );
+        req.attr(NDA_DST, &ip_bytes(&ip));
+        self.socket
+            .execute(&req)
+            .map_err(|e| self.fail("add proxy neighbour", format!("{ip} on #{index}"), e))
+    }
+
+    /// Sets the MAC address of link `index`.
+    pub fn set_mac(&mut self, index: u32, name: &str, mac: &str) -> Result<(), LinkError> {
+        let bytes = parse_mac(mac).ok_or_else(|| LinkError::BadMac(mac.to_string()))?;
+        let mut req = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        req.attr(IFLA_ADDRESS, &bytes);
+        self.socket
+            .execute(&req)
+            .map_err(|e| self.fail("set the MAC address of", format!("{name} to {mac}"), e))
     }
 
     /// Neighbour entries on link `index` in the family of `sample`.
