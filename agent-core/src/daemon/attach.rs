@@ -148,19 +148,9 @@ impl Agent {
             })
             .map_err(AgentError::from)
         });
-        let attached = match built {
-            Ok(a) => a,
-            Err(e) => {
-                self.abandon(&reserved);
-                return Err(e);
-            }
-        };
-
-        let description = format!(
-            "attached: {} in node, {ifname} in {netns_path}",
-            attached.host.name
-        );
-        self.finish_attach(&reserved, &attached, &host_name, &description)
+        self.finish_attach(&reserved, built, &host_name, |host| {
+            format!("attached: {host} in node, {ifname} in {netns_path}")
+        })
     }
 
     /// `PUT /endpoint/{id}` with a `veth-peer-name` (Docker): the veth pair is made in the
@@ -244,28 +234,28 @@ impl Agent {
             })
             .map_err(AgentError::from)
         });
-        let attached = match built {
-            Ok(a) => a,
-            Err(e) => {
-                self.abandon(&reserved);
-                return Err(e);
-            }
-        };
-        let description = format!(
-            "attached: {} in node, peer {peer} left for the runtime",
-            attached.host.name
-        );
-        self.finish_attach(&reserved, &attached, &host_name, &description)
+        self.finish_attach(&reserved, built, &host_name, |host| {
+            format!("attached: {host} in node, peer {peer} left for the runtime")
+        })
     }
 
-    /// Step (3): record the links, resolve the identity, enforce, persist; or undo it all.
+    /// Step (3) after step (2)'s `built`: record the links, resolve the identity, enforce,
+    /// persist; or undo it all. `describe` gets the host-side name for the endpoint's log.
     fn finish_attach(
         &self,
         reserved: &Reserved,
-        attached: &link::Attached,
+        built: Result<link::Attached, AgentError>,
         host_name: &str,
-        description: &str,
+        describe: impl FnOnce(&str) -> String,
     ) -> Result<Endpoint, AgentError> {
+        let attached = match built {
+            Ok(a) => a,
+            Err(e) => {
+                self.abandon(reserved);
+                return Err(e);
+            }
+        };
+        let description = describe(&attached.host.name);
         let mut inner = lock(&self.inner);
         inner.attaching.remove(&reserved.id);
         let Some(mut record) = inner.endpoints.get(reserved.id).cloned() else {
@@ -281,7 +271,7 @@ impl Agent {
         record.interface_index = attached.host.index;
         record.host_mac = attached.host.mac.clone();
         record.mac = attached.container.mac.clone();
-        record.log(cilium_api::models::StatusCode::Ok, description);
+        record.log(cilium_api::models::StatusCode::Ok, &description);
         let _ = record.set_state(EndpointState::WaitingForIdentity, "network plumbing ready");
         let resolved = self.resolve_identity(&mut inner, &mut record);
         // Enforced before the runtime gets the result (and starts the workload).
