@@ -176,6 +176,8 @@ pub struct Dockerd {
     /// Containerd namespace and cgroup parent: `cilium-it-<unique>`.
     namespace: String,
     storage_driver: &'static str,
+    /// The network namespace (`/var/run/netns/<name>`) the daemon runs in, if not the host's.
+    netns: Option<String>,
     // Last: deleted after everything above is stopped and unmounted.
     dir: tempfile::TempDir,
 }
@@ -184,6 +186,15 @@ impl Dockerd {
     /// Starts a daemon in a fresh directory `/tmp/dk-<tag>-XXXXXX` and waits (up to 30 s)
     /// until it answers; panics with the tail of its log if it does not.
     pub fn start(tag: &str) -> Dockerd {
+        Dockerd::start_in(tag, None)
+    }
+
+    /// [`Dockerd::start`] with the daemon (and so its containerd and shims) in the network
+    /// namespace `netns` (a name under `/var/run/netns`), entered with `nsenter --net` only:
+    /// the mounts stay in the host's mount namespace, where the drop finds them. A network
+    /// plugin's veth peers are looked up there, so a node namespace with its own agent gets a
+    /// daemon of its own this way.
+    pub fn start_in(tag: &str, netns: Option<&str>) -> Dockerd {
         for path in [DOCKERD, DOCKER] {
             assert!(
                 Path::new(path).exists(),
@@ -224,6 +235,7 @@ impl Dockerd {
             socket: dir.path().join("docker.sock"),
             namespace: format!("cilium-it-{}", unique_name("")),
             storage_driver: "vfs",
+            netns: netns.map(str::to_string),
             dir,
         };
         let drivers = storage_drivers();
@@ -252,7 +264,17 @@ impl Dockerd {
 
     fn spawn(&mut self, driver: &'static str) {
         let d = self.dir.path();
-        let mut cmd = Command::new(DOCKERD);
+        let mut cmd = match &self.netns {
+            // nsenter execs dockerd: the child's pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(DOCKERD);
+                c
+            }
+            None => Command::new(DOCKERD),
+        };
         cmd.arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
@@ -660,6 +682,136 @@ impl Drop for Dockerd {
         host_paths_release();
         if let Err(e) = std::fs::remove_dir_all(self.dir.path()) {
             eprintln!("cleanup: remove {}: {e}", self.dir().display());
+        }
+    }
+}
+
+/// A running `cilium-docker` serving [`plugin_socket`]`(name)` for one agent, inside that
+/// agent's node namespace (entered with `ip netns exec`, so `/sys/class/net` shows the node's
+/// links); stopped with SIGTERM on drop, its socket removed if it left one.
+#[derive(Debug)]
+pub struct DockerPlugin {
+    child: Option<Child>,
+    /// The driver name: `docker network create -d <name> --ipam-driver <name>`.
+    pub name: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    netns: String,
+    agent_socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DockerPlugin {
+    /// Starts a plugin under a fresh unique name (state and log under `dir`) and waits until
+    /// its socket answers.
+    pub fn start(netns: &str, agent_socket: &Path, dir: &Path) -> DockerPlugin {
+        let name = unique_name("cil");
+        let mut plugin = DockerPlugin {
+            child: None,
+            socket: plugin_socket(&name),
+            state_dir: dir.join(format!("docker-{name}")),
+            log: dir.join(format!("docker-{name}.log")),
+            name,
+            netns: netns.to_string(),
+            agent_socket: agent_socket.to_path_buf(),
+        };
+        plugin.restart();
+        plugin
+    }
+
+    /// Starts the plugin again under the same name, state and log (appended), after
+    /// [`DockerPlugin::stop`]; waits until it serves.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "plugin {} still running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("plugin log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(crate::bin("cilium-docker"))
+            .arg("--plugin-socket")
+            .arg(&self.socket)
+            .arg("--agent-socket")
+            .arg(&self.agent_socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--debug")
+            .env_remove("CILIUM_SOCK")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn cilium-docker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("cilium-docker exited early ({status}):\n{}", self.log());
+            }
+            if self
+                .call("Plugin.Activate", "")
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cilium-docker did not serve {} within 20 s:\n{}",
+                self.socket.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One libnetwork call (`/NetworkDriver.Join` is `"NetworkDriver.Join"`); status and body.
+    pub fn call(&self, method: &str, body: &str) -> std::io::Result<(u16, String)> {
+        crate::http_raw(&self.socket, "POST", &format!("/{method}"), Some(body))
+    }
+
+    /// What the plugin logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then waits (up to 10 s, then SIGKILL) for the plugin to exit; returns its
+    /// exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                eprintln!("cleanup: cilium-docker {} ignored SIGTERM", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for DockerPlugin {
+    fn drop(&mut self) {
+        self.stop();
+        if self.socket.exists() {
+            eprintln!("cleanup: removing leftover {}", self.socket.display());
+            let _ = std::fs::remove_file(&self.socket);
         }
     }
 }

@@ -366,8 +366,19 @@ pub fn cli(args: &[&str]) -> CliOutput {
     }
 }
 
-/// One HTTP/1.1 request written by hand on the unix socket; returns status and body.
+/// One HTTP/1.1 request written by hand on the agent's unix socket, `path` under `/v1`;
+/// returns status and body.
 pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    http_raw(socket, method, &format!("/v1{path}"), body)
+}
+
+/// [`http`] with the path as given (e.g. a libnetwork plugin's `/NetworkDriver.Join`).
+pub fn http_raw(
     socket: &Path,
     method: &str,
     path: &str,
@@ -377,7 +388,7 @@ pub fn http(
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
     let request = format!(
-        "{method} /v1{path} HTTP/1.1\r\nHost: cilium\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: cilium\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

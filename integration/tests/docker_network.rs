@@ -1,0 +1,242 @@
+//! Docker end to end: a private dockerd and `cilium-docker` in a node namespace with its own
+//! agent; `docker network create --driver <plugin> --ipam-driver <plugin>` and `docker run`.
+
+use integration::cni::Node;
+use integration::docker::{DockerPlugin, Dockerd};
+use integration::require_root;
+use serde_json::Value;
+
+const IMAGE: &str = "cilium-it-busybox:latest";
+
+/// Dropped in field order: containers and networks go while the plugin still serves, then
+/// the plugin, then the agent and its namespace.
+struct Setup {
+    dockerd: Dockerd,
+    plugin: DockerPlugin,
+    node: Node,
+}
+
+fn setup(tag: &str) -> Setup {
+    let node = Node::start("dkn");
+    let dockerd = Dockerd::start_in(tag, Some(&node.netns.name));
+    let plugin = DockerPlugin::start(&node.netns.name, &node.agent.socket, node.dir.path());
+    dockerd.import_busybox(IMAGE);
+    Setup {
+        dockerd,
+        plugin,
+        node,
+    }
+}
+
+impl Setup {
+    fn docker(&self, args: &[&str]) -> String {
+        let out = self.dockerd.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({}):\n{}{}\n--- plugin log\n{}\n--- agent\n{}\n--- dockerd \
+             log\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.plugin.log(),
+            self.node.agent.output(),
+            self.dockerd.log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `docker network create` with the plugin as network and IPAM driver.
+    fn network(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "network",
+            "create",
+            "--driver",
+            &self.plugin.name,
+            "--ipam-driver",
+            &self.plugin.name,
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.docker(&args)
+    }
+
+    /// `docker run -d` of a long-running busybox on `network` with labels.
+    fn run(&self, name: &str, network: &str, labels: &[&str], cmd: &[&str]) -> String {
+        let mut args = vec!["run", "-d", "--name", name, "--net", network];
+        for l in labels {
+            args.extend_from_slice(&["-l", l]);
+        }
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        self.docker(&args)
+    }
+
+    /// An HTTP server on port 80 answering `/public` and `/private`.
+    fn web(&self, name: &str, network: &str, labels: &[&str]) -> String {
+        self.run(
+            name,
+            network,
+            labels,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo public > /www/public && echo private > /www/private && \
+                 exec httpd -f -p 80 -h /www",
+            ],
+        )
+    }
+
+    fn idle(&self, name: &str, network: &str, labels: &[&str]) -> String {
+        self.run(name, network, labels, &["sleep", "1000000"])
+    }
+
+    /// The container's global addresses on eth0, v4 and v6.
+    fn addresses(&self, container: &str) -> (Option<String>, Option<String>) {
+        let out = self.docker(&["exec", container, "ip", "-o", "addr", "show", "dev", "eth0"]);
+        let mut v4 = None;
+        let mut v6 = None;
+        for line in out.lines() {
+            let mut words = line.split_whitespace();
+            while let Some(w) = words.next() {
+                if w == "inet" || w == "inet6" {
+                    let addr = words.next().unwrap_or_default();
+                    let ip = addr.split('/').next().unwrap_or_default().to_string();
+                    if w == "inet" {
+                        v4 = Some(ip);
+                    } else if !line.contains("scope link") {
+                        v6 = Some(ip);
+                    }
+                }
+            }
+        }
+        (v4, v6)
+    }
+
+    /// `GET path` (HTTP/1.0 over busybox `nc`: Debian's busybox `wget` crashes) from `from`
+    /// to `ip:80`; the body of a 200 reply, the status line otherwise, `None` without reply.
+    fn get(&self, from: &str, ip: &str, path: &str) -> Option<String> {
+        let script = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80");
+        let out = self.dockerd.docker(&["exec", from, "sh", "-c", &script]);
+        let reply = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        let (head, body) = reply.split_once("\n\n")?;
+        let status = head.lines().next()?.to_string();
+        Some(if status.contains(" 200 ") {
+            body.trim().to_string()
+        } else {
+            status
+        })
+    }
+
+    fn ping(&self, from: &str, ip: &str) -> bool {
+        self.dockerd
+            .docker(&["exec", from, "ping", "-c", "1", "-W", "2", ip])
+            .status
+            .success()
+    }
+
+    /// The agent's allocated addresses (`GET /healthz` `ipam`), v4 then v6.
+    fn allocated(&self) -> (Vec<String>, Vec<String>) {
+        let (status, body) = self.node.agent.http("GET", "/healthz", None);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("healthz json");
+        let list = |k: &str| -> Vec<String> {
+            v["ipam"][k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        (list("ipv4"), list("ipv6"))
+    }
+
+    fn endpoints(&self) -> Vec<Value> {
+        let (status, body) = self.node.agent.http("GET", "/endpoint", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Vec<Value>>(&body).expect("endpoint list")
+    }
+}
+
+fn in_v4_range(ip: &str) -> bool {
+    ip.starts_with("10.23.")
+}
+
+fn in_v6_range(ip: &str) -> bool {
+    ip.starts_with("f00d::c000:217:")
+}
+
+#[test]
+fn docker_networks_ipv4_and_ipv6_end_to_end() {
+    if !require_root("docker_networks_ipv4_and_ipv6_end_to_end") {
+        return;
+    }
+    let s = setup("net");
+    let (before4, before6) = s.allocated();
+
+    s.network("dual", &["--ipv6"]);
+    s.network("only4", &[]);
+    let inspect = s.docker(&["network", "inspect", "dual", "-f", "{{json .IPAM.Config}}"]);
+    assert!(
+        inspect.contains("\"10.23.0.0/16\"") && inspect.contains("\"f00d::c000:217:0:0/112\""),
+        "pools are the agent's ranges: {inspect}"
+    );
+
+    s.web("app1", "dual", &["id=app1"]);
+    s.idle("app2", "dual", &["id=app2"]);
+    s.idle("app4", "only4", &["id=app4"]);
+
+    let (a1v4, a1v6) = s.addresses("app1");
+    let (a1v4, a1v6) = (a1v4.expect("app1 v4"), a1v6.expect("app1 v6"));
+    assert!(in_v4_range(&a1v4) && in_v6_range(&a1v6), "{a1v4} {a1v6}");
+    let (a4v4, a4v6) = s.addresses("app4");
+    let a4v4 = a4v4.expect("app4 v4");
+    assert!(in_v4_range(&a4v4));
+    assert_eq!(
+        a4v6, None,
+        "an IPv4-only network gives no global IPv6 address"
+    );
+
+    // The default route goes to the agent's router.
+    let routes = s.docker(&["exec", "app2", "ip", "route"]);
+    assert!(routes.contains("default via 10.23."), "{routes}");
+    let routes6 = s.docker(&["exec", "app2", "ip", "-6", "route"]);
+    assert!(routes6.contains("default via f00d::c000:217:"), "{routes6}");
+
+    // The agent hands out exactly these addresses, for the IPAM driver.
+    let (now4, now6) = s.allocated();
+    assert_eq!(now4.len(), before4.len() + 3, "{now4:?}");
+    assert_eq!(now6.len(), before6.len() + 2, "{now6:?}");
+    assert!(now4.contains(&a1v4) && now6.contains(&a1v6));
+    let endpoints = s.endpoints();
+    assert_eq!(endpoints.len(), 3, "{endpoints:#?}");
+
+    // Connectivity: IPv4 and IPv6 across containers and networks.
+    assert_eq!(s.get("app2", &a1v4, "/public").as_deref(), Some("public"));
+    assert_eq!(s.get("app2", &a1v6, "/public").as_deref(), Some("public"));
+    assert_eq!(s.get("app4", &a1v4, "/private").as_deref(), Some("private"));
+    assert!(s.ping("app1", &a4v4));
+    assert!(s.ping("app2", &a1v6));
+
+    // docker rm releases the endpoint and its addresses; network rm works afterwards.
+    s.docker(&["rm", "-f", "app4"]);
+    let (after4, _) = s.allocated();
+    assert!(
+        !after4.contains(&a4v4),
+        "{a4v4} still allocated: {after4:?}"
+    );
+    assert_eq!(s.endpoints().len(), 2);
+    s.docker(&["network", "rm", "only4"]);
+
+    s.docker(&["rm", "-f", "app1", "app2"]);
+    s.docker(&["network", "rm", "dual"]);
+    let (end4, end6) = s.allocated();
+    assert_eq!((end4, end6), (before4, before6), "every address released");
+    assert!(s.endpoints().is_empty());
+    let links = s.node.sh(&["ip", "-o", "link"]);
+    assert!(
+        !links.contains("lxc") && !links.contains("tmp"),
+        "no veth left: {links}"
+    );
+}
