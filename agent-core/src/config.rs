@@ -118,6 +118,10 @@ pub struct AgentArgs {
     /// it is not a bpffs yet) [default: /sys/fs/bpf]
     #[arg(long, env = "CILIUM_BPF_ROOT", value_name = "PATH")]
     pub bpf_root: Option<PathBuf>,
+    /// Docker API socket the container watcher follows (`unix:///path`, or empty to turn the
+    /// Docker integration off) [default: unix:///var/run/docker.sock]
+    #[arg(long, env = "CILIUM_DOCKER", value_name = "ENDPOINT")]
+    pub docker: Option<String>,
 }
 
 /// Keys a config file may hold.
@@ -137,6 +141,7 @@ const FILE_KEYS: &[&str] = &[
     "label-prefix-file",
     "kvstore",
     "bpf-root",
+    "docker",
 ];
 
 /// The effective configuration.
@@ -162,6 +167,8 @@ pub struct AgentConfig {
     /// The BPF filesystem of the datapath; `None` runs the agent without a datapath (only
     /// for tests of the control plane: `cilium-agent` always has one).
     pub bpf_root: Option<PathBuf>,
+    /// The Docker API socket to watch (`--docker`); `None` turns the integration off.
+    pub docker: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -183,6 +190,7 @@ impl AgentConfig {
             label_filter: LabelFilter::default(),
             kvstore: "embedded".to_string(),
             bpf_root: None,
+            docker: None,
         }
     }
 }
@@ -294,7 +302,11 @@ impl AgentArgs {
                 })
             }
         }
+        let docker = docker_socket(
+            text(self.docker, "docker").unwrap_or_else(|| DEFAULT_DOCKER.to_string()),
+        )?;
         Ok(AgentConfig {
+            docker,
             enable_policy,
             label_filter,
             kvstore,
@@ -312,6 +324,30 @@ impl AgentArgs {
             config_file: self.config,
         })
     }
+}
+
+/// Default of `--docker`.
+pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
+
+/// The socket path of a `--docker` endpoint: `unix:///path` or `/path`; empty turns the Docker
+/// integration off.
+fn docker_socket(endpoint: String) -> Result<Option<PathBuf>, ConfigError> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(ConfigError::Invalid {
+            key: "docker",
+            reason: format!(
+                "'{endpoint}' is not a unix socket endpoint: expected unix:///path/to/docker.sock \
+                 (TCP endpoints are not supported), or an empty value to turn the Docker \
+                 integration off"
+            ),
+        });
+    }
+    Ok(Some(PathBuf::from(path)))
 }
 
 /// Reads a config file: one `key: value` per line (a flat YAML mapping), `#` comments,

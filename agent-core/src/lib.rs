@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod docker;
 pub mod endpoint;
 pub mod identity;
 pub mod ipam;

@@ -160,12 +160,18 @@ pub struct Node {
 
 impl Node {
     pub fn start(prefix: &str) -> Node {
+        Node::start_in(Netns::new(prefix), &[])
+    }
+
+    /// A node in a namespace made beforehand (e.g. to start a runtime in it first), the
+    /// agent with extra flags.
+    pub fn start_in(netns: Netns, args: &[&str]) -> Node {
         let dir = test_dir();
-        let netns = Netns::new(prefix);
         let agent = Agent::start(
             dir.path(),
             &AgentOptions {
                 netns: Some(netns.name.clone()),
+                args: args.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             },
         );

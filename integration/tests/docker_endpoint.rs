@@ -154,6 +154,30 @@ fn docker_endpoint_pair_in_the_node_namespace() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"connected\":true"), "{body}");
 
+    // Until the watcher brings the container's labels, the endpoint has the init identity,
+    // on which policy is enforced even without rules: nothing gets through.
+    let identity = ep.identity.as_ref().map(|i| (i.id, i.labels.clone()));
+    assert_eq!(
+        identity,
+        Some((5, vec!["reserved:init".to_string()])),
+        "{ep:?}"
+    );
+    assert!(
+        !ping(&sandbox.name, &[], &other_v4.to_string()),
+        "init identity: no traffic before the labels are known"
+    );
+    let (status, body) = node.agent.http(
+        "PATCH",
+        &format!("/endpoint/docker-endpoint:{eid}"),
+        Some(r#"{"labels": ["container:id=dk"], "container-name": "dk"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ep: Endpoint = serde_json::from_str(&body).expect("endpoint");
+    assert!(
+        ep.identity.as_ref().is_some_and(|i| i.id >= 256),
+        "labels known: {ep:?}"
+    );
+
     // Traffic both ways, both families, through the datapath; the router answers.
     assert!(
         ping(&sandbox.name, &[], &r4),

@@ -1,9 +1,11 @@
 //! Docker end to end: a private dockerd and `cilium-docker` in a node namespace with its own
 //! agent; `docker network create --driver <plugin> --ipam-driver <plugin>` and `docker run`.
 
+use std::time::{Duration, Instant};
+
 use integration::cni::Node;
 use integration::docker::{DockerPlugin, Dockerd};
-use integration::require_root;
+use integration::{require_root, Netns};
 use serde_json::Value;
 
 const IMAGE: &str = "cilium-it-busybox:latest";
@@ -17,8 +19,9 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
-    let node = Node::start("dkn");
-    let dockerd = Dockerd::start_in(tag, Some(&node.netns.name));
+    let netns = Netns::new("dkn");
+    let dockerd = Dockerd::start_in(tag, Some(&netns.name));
+    let node = Node::start_in(netns, &["--docker", &dockerd.host()]);
     let plugin = DockerPlugin::start(&node.netns.name, &node.agent.socket, node.dir.path());
     dockerd.import_busybox(IMAGE);
     Setup {
@@ -152,6 +155,30 @@ impl Setup {
         (list("ipv4"), list("ipv6"))
     }
 
+    /// Waits (up to 10 s) until the endpoint of container `name` (`container-name:` id)
+    /// has left the init identity; returns it.
+    fn wait_labels(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) =
+                self.node
+                    .agent
+                    .http("GET", &format!("/endpoint/container-name:{name}"), None);
+            if status == 200 {
+                let ep: Value = serde_json::from_str(&body).expect("endpoint json");
+                if ep["identity"]["id"].as_u64().is_some_and(|id| id >= 256) {
+                    return ep;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoint of {name} never got its labels: {status} {body}\n{}",
+                self.node.agent.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn endpoints(&self) -> Vec<Value> {
         let (status, body) = self.node.agent.http("GET", "/endpoint", None);
         assert_eq!(status, 200, "{body}");
@@ -211,6 +238,20 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
     assert!(now4.contains(&a1v4) && now6.contains(&a1v6));
     let endpoints = s.endpoints();
     assert_eq!(endpoints.len(), 3, "{endpoints:#?}");
+    // The watcher gives each endpoint its container's name and labels.
+    for (name, label) in [
+        ("app1", "container:id=app1"),
+        ("app2", "container:id=app2"),
+        ("app4", "container:id=app4"),
+    ] {
+        let ep = s.wait_labels(name);
+        assert!(
+            ep["labels"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x == label)),
+            "{ep:#}"
+        );
+    }
 
     // Connectivity: IPv4 and IPv6 across containers and networks.
     assert_eq!(s.get("app2", &a1v4, "/public").as_deref(), Some("public"));

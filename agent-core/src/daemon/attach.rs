@@ -20,6 +20,8 @@ use crate::ipam::IpamError;
 use crate::link::{self, Attachment};
 use crate::netns::Netns;
 
+/// The label of an endpoint whose labels are not known yet (identity [`crate::identity::INIT`]).
+pub const INIT_LABEL: &str = "reserved:init";
 /// Default MTU of endpoint links.
 pub const DEFAULT_MTU: u32 = 1500;
 /// Default interface name inside the container.
@@ -320,6 +322,11 @@ impl Agent {
         record.plumbing = plumbing;
         let (claims, allocated) = if record.plumbing.is_docker() {
             self.check_docker_addresses(&inner, &record)?;
+            // The container's labels come from the Docker watcher; until then the endpoint
+            // has the init identity, on which policy is enforced.
+            if record.labels.orchestration_system.is_empty() {
+                record.labels.orchestration_system = vec![INIT_LABEL.to_string()];
+            }
             (Vec::new(), AddressPair::default())
         } else if record.addressing.is_empty() {
             let pair = self.ipam.allocate(None, &record.owner_tag())?;

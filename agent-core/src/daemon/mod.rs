@@ -7,6 +7,7 @@ mod datapath;
 mod policy;
 mod process;
 mod restore;
+mod runtime;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -36,6 +37,7 @@ use crate::state::{StateDir, StateError};
 
 pub use policy::POLICY_ENFORCEMENT;
 pub use process::{Daemon, RunError};
+pub use runtime::{ContainerInfo, ContainerUpdate};
 
 /// Mutable agent options (`PATCH /config`).
 pub const AGENT_OPTIONS: &[&str] = &["Debug"];
@@ -125,6 +127,8 @@ pub struct Agent {
     warnings: Vec<String>,
     /// The eBPF datapath (absent only for control-plane tests).
     datapath: Option<Arc<crate::datapath::Datapath>>,
+    /// `ContainerRuntime` of `cilium status`, kept by the Docker watcher.
+    runtime_status: Mutex<Status>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -181,7 +185,17 @@ impl Agent {
             debug_switch,
             warnings: Vec::new(),
             datapath,
+            runtime_status: Mutex::new(Status::new(
+                StatusState::Disabled,
+                "Docker integration turned off (--docker is empty)",
+            )),
         };
+        if let Some(socket) = &agent.config.docker {
+            agent.set_container_runtime(
+                StatusState::Failure,
+                format!("not connected to Docker at unix://{} yet", socket.display()),
+            );
+        }
         agent.restore_policy(&mut warnings)?;
         agent.reconcile_datapath(&mut warnings);
         agent.warnings = warnings;
@@ -241,7 +255,7 @@ impl Agent {
         StatusResponse {
             cilium,
             kvstore,
-            container_runtime: Status::new(StatusState::Disabled, "no runtime integration enabled"),
+            container_runtime: self.container_runtime(),
             kubernetes: Status::new(StatusState::Disabled, ""),
             ipam: self.ipam.status(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -34,6 +34,9 @@ impl Daemon {
         let socket = ApiSocket::bind(&config.socket_path)?;
         let agent = Arc::new(Agent::start(config, debug_switch)?);
         agent.start_datapath_maintenance();
+        if let Some(docker) = agent.config().docker.clone() {
+            crate::docker::spawn(Arc::clone(&agent), docker);
+        }
         Ok(Daemon { agent, socket })
     }
 

@@ -1,5 +1,6 @@
 //! Security identities (DESIGN §5): the numeric id of a sorted set of identity-relevant
-//! labels. Reserved identities (1 `reserved:host`, 2 `reserved:world`; room for more below
+//! labels. Reserved identities (1 `reserved:host`, 2 `reserved:world`, 5 `reserved:init`; room
+//! for more below
 //! 256) always exist and are never stored. Cluster identities (256..=65535) are allocated in
 //! the kvstore so every node agrees on them (layout in [`keys`]). Local identities (from
 //! 1<<24, for CIDR prefixes) live in this node's memory only.
@@ -18,6 +19,10 @@ pub use allocator::IdentityAllocator;
 pub const HOST: u32 = 1;
 /// Everything outside the cluster.
 pub const WORLD: u32 = 2;
+/// An endpoint whose labels are not known yet (a Docker container before the agent has read
+/// its labels): policy is enforced on it in both directions unless enforcement is `never`, and
+/// no rule allows it anything unless a rule selects `reserved:init` itself.
+pub const INIT: u32 = 5;
 /// The first id allocated cluster-wide.
 pub const MIN_CLUSTER: u32 = 256;
 /// The last id allocated cluster-wide.
@@ -26,7 +31,7 @@ pub const MAX_CLUSTER: u32 = 65535;
 pub const MIN_LOCAL: u32 = 1 << 24;
 
 /// The reserved identities: id and the key of their single `reserved:` label.
-pub const RESERVED: &[(u32, &str)] = &[(HOST, "host"), (WORLD, "world")];
+pub const RESERVED: &[(u32, &str)] = &[(HOST, "host"), (WORLD, "world"), (INIT, "init")];
 
 /// A numeric identity and its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -575,8 +575,8 @@ impl PolicyEngine {
         for (id, rules) in by_subject {
             let mut deps = BTreeSet::new();
             let policy = ResolvedPolicy {
-                ingress: self.table(&rules, Direction::Ingress, &mut deps),
-                egress: self.table(&rules, Direction::Egress, &mut deps),
+                ingress: self.table(id, &rules, Direction::Ingress, &mut deps),
+                egress: self.table(id, &rules, Direction::Egress, &mut deps),
             };
             let old_deps = self
                 .subjects
@@ -596,13 +596,24 @@ impl PolicyEngine {
         change
     }
 
-    /// The table of one direction from the rules (indexes) selecting a local identity.
-    fn table(&self, rules: &[usize], d: Direction, deps: &mut BTreeSet<SelId>) -> DirectionTable {
+    /// The table of one direction of local identity `id` from the rules (indexes) selecting
+    /// it; `reserved:init` is enforced on unless the mode is `never` (see [`enforced`]).
+    ///
+    /// [`enforced`]: super::resolve::enforced
+    fn table(
+        &self,
+        id: u32,
+        rules: &[usize],
+        d: Direction,
+        deps: &mut BTreeSet<SelId>,
+    ) -> DirectionTable {
         let entries: Vec<&RuleEntry> = rules.iter().map(|i| &self.rules[*i]).collect();
         let enforcing = match self.mode {
             Enforcement::Always => true,
             Enforcement::Never => false,
-            Enforcement::Default => entries.iter().any(|e| !e.rule.peers(d).is_empty()),
+            Enforcement::Default => {
+                id == crate::identity::INIT || entries.iter().any(|e| !e.rule.peers(d).is_empty())
+            }
         };
         if !enforcing {
             return DirectionTable::default();

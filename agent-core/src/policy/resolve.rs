@@ -253,17 +253,30 @@ pub fn selects(rule: &Rule, labels: &LabelSet) -> bool {
     rule.subject.matches(labels)
 }
 
-/// Whether a direction is enforced for an endpoint that `rules` (all of them) select.
+/// Whether a direction is enforced for an endpoint with `subject` labels that `rules` (all of
+/// them) select. An endpoint whose labels are not known yet (`reserved:init`) is enforced on
+/// unless the mode is `never`.
 pub fn enforced<'a>(
     mode: Enforcement,
+    subject: &LabelSet,
     selecting: impl IntoIterator<Item = &'a Rule>,
     d: Direction,
 ) -> bool {
     match mode {
         Enforcement::Always => true,
         Enforcement::Never => false,
-        Enforcement::Default => selecting.into_iter().any(|r| !r.peers(d).is_empty()),
+        Enforcement::Default => {
+            is_init(subject) || selecting.into_iter().any(|r| !r.peers(d).is_empty())
+        }
     }
+}
+
+/// Whether `labels` are those of the `reserved:init` identity.
+pub fn is_init(labels: &LabelSet) -> bool {
+    matches!(
+        labels.as_slice(),
+        [l] if l.source == LabelSource::Reserved && l.key == "init" && l.value.is_empty()
+    )
 }
 
 /// Whether an identity with `labels` is selected by a CIDR set.
@@ -333,7 +346,7 @@ pub fn evaluate(
         .map(|r| r.as_ref())
         .filter(|r| selects(r, subject))
         .collect();
-    if !enforced(mode, selecting.iter().copied(), d) {
+    if !enforced(mode, subject, selecting.iter().copied(), d) {
         return Some(Verdict::Allow);
     }
     let requirements_met = selecting

@@ -162,7 +162,12 @@ pub fn trace(rules: &[Arc<Rule>], mode: Enforcement, req: TraceRequest<'_>) -> (
         .map(|r| r.as_ref())
         .filter(|r| selects(r, req.to))
         .collect();
-    let ingress_on = enforced(mode, selecting_dst.iter().copied(), Direction::Ingress);
+    let ingress_on = enforced(
+        mode,
+        req.to,
+        selecting_dst.iter().copied(),
+        Direction::Ingress,
+    );
     rules_section(
         &mut out,
         rules,
@@ -206,7 +211,7 @@ pub fn trace(rules: &[Arc<Rule>], mode: Enforcement, req: TraceRequest<'_>) -> (
             .map(|r| r.as_ref())
             .filter(|r| selects(r, subject))
             .collect();
-        let on = enforced(mode, selecting.iter().copied(), d);
+        let on = enforced(mode, subject, selecting.iter().copied(), d);
         rules_section(&mut out, rules, subject, peer, d, req.verbose);
         if !on {
             let _ = writeln!(out, "{} policy is not enforced", d.title());
