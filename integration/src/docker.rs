@@ -574,9 +574,11 @@ impl Dockerd {
         }
     }
 
-    /// What the command line of a process of ours names: a path inside our directory.
+    /// What the command line of a process of ours names: a path inside our exec root
+    /// (containerd's config and socket, a shim's `-address`). Not just the directory: an
+    /// agent watching this daemon names its API socket, and is not ours to kill.
     fn marker(&self) -> String {
-        format!("{}/", self.dir.path().display())
+        format!("{}/exec/", self.dir.path().display())
     }
 
     /// Last resort: kills any process still naming our directory on its command line (a
@@ -592,9 +594,11 @@ impl Dockerd {
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|&p| p != me && running_with(p, &marker))
         {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             eprintln!(
-                "cleanup: killing leftover process {pid} of {}",
-                self.dir().display()
+                "cleanup: killing leftover process {pid} of {}: {}",
+                self.dir().display(),
+                text(&cmdline).replace('\0', " ")
             );
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             wait_gone(pid, &marker, Duration::from_secs(2));

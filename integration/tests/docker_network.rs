@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use integration::cni::Node;
 use integration::docker::{DockerPlugin, Dockerd};
-use integration::{require_root, Netns};
+use integration::{require_root, Agent, AgentOptions, Netns};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const IMAGE: &str = "cilium-it-busybox:latest";
@@ -260,6 +261,52 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
     assert!(s.ping("app1", &a4v4));
     assert!(s.ping("app2", &a1v6));
 
+    // Bad requests on the plugin socket get `Err` replies and change nothing.
+    let net_id = s.docker(&["network", "inspect", "-f", "{{.Id}}", "dual"]);
+    let ep_id = s.docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
+        "app2",
+    ]);
+    let state = (s.allocated(), s.endpoints().len());
+    let err = |method: &str, body: &str| -> String {
+        let (status, reply) = s.plugin.call(method, body).expect("plugin call");
+        let v: Value = serde_json::from_str(&reply)
+            .unwrap_or_else(|e| panic!("{method}: not JSON ({e}): {reply}"));
+        let message = v["Err"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !message.is_empty(),
+            "{method} {body}: expected an Err, got {status} {reply}"
+        );
+        message
+    };
+    let m = err("NetworkDriver.CreateEndpoint", "{\"NetworkID\": ");
+    assert!(m.contains("invalid request body"), "{m}");
+    let m = err(
+        "NetworkDriver.CreateEndpoint",
+        r#"{"NetworkID": "nosuchnetwork", "EndpointID": "e1", "Interface": {"Address": "10.23.7.7/32"}}"#,
+    );
+    assert!(m.contains("unknown network nosuchnetwork"), "{m}");
+    let m = err(
+        "NetworkDriver.Join",
+        &format!(r#"{{"NetworkID": "{net_id}", "EndpointID": "{ep_id}", "SandboxKey": "/x"}}"#),
+    );
+    assert!(m.contains("already joined"), "double Join: {m}");
+    let m = err(
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID": "CiliumPoolv4", "Address": "10.99.0.1"}"#,
+    );
+    assert!(m.contains("10.99.0.1"), "{m}");
+    let (status, _) = s.plugin.call("NetworkDriver.Bogus", "{}").expect("call");
+    assert_eq!(status, 404, "unknown methods are 404");
+    assert_eq!(
+        (s.allocated(), s.endpoints().len()),
+        state,
+        "nothing changed"
+    );
+    assert_eq!(s.get("app2", &a1v4, "/public").as_deref(), Some("public"));
+
     // docker rm releases the endpoint and its addresses; network rm works afterwards.
     s.docker(&["rm", "-f", "app4"]);
     let (after4, _) = s.allocated();
@@ -280,4 +327,125 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
         !links.contains("lxc") && !links.contains("tmp"),
         "no veth left: {links}"
     );
+}
+
+/// The seed's Docker guide policy (§2.2): app2 may reach app1 on TCP/80, nothing else may.
+const L3_L4_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [
+      {"matchLabels":{"id":"app2"}}
+    ],
+    "toPorts": [{
+      "ports": [{"port": "80", "protocol": "tcp"}]
+    }]
+  }]
+}]"#;
+
+/// The identity of container `name`'s endpoint.
+fn identity_of(s: &Setup, name: &str) -> u64 {
+    s.wait_labels(name)["identity"]["id"]
+        .as_u64()
+        .expect("identity")
+}
+
+#[test]
+fn docker_guide_policy_survives_plugin_and_agent_restarts() {
+    if !require_root("docker_guide_policy_survives_plugin_and_agent_restarts") {
+        return;
+    }
+    let mut s = setup("pol");
+    let status = s.node.agent.cli(&["status"]).ok();
+    assert!(status.contains("ContainerRuntime:  Ok"), "{status}");
+
+    s.network("cilium-net", &["--ipv6"]);
+    s.web("app1", "cilium-net", &["id=app1"]);
+    s.idle("app2", "cilium-net", &["id=app2"]);
+    s.idle("app3", "cilium-net", &["id=app3"]);
+    let (v4, v6) = s.addresses("app1");
+    let (v4, v6) = (v4.expect("app1 v4"), v6.expect("app1 v6"));
+    let ids: Vec<u64> = ["app1", "app2", "app3"]
+        .iter()
+        .map(|n| identity_of(&s, n))
+        .collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+
+    // Without policy everyone reaches app1.
+    assert_eq!(s.get("app3", &v4, "/public").as_deref(), Some("public"));
+
+    let file = s.node.dir.path().join("l3_l4_policy.json");
+    std::fs::write(&file, L3_L4_POLICY).expect("policy file");
+    s.node
+        .agent
+        .cli(&["policy", "import", &file.display().to_string()])
+        .ok();
+    let list = s.node.agent.cli(&["endpoint", "list"]).ok();
+    let app1_row = list
+        .lines()
+        .find(|l| l.contains("container:id=app1"))
+        .unwrap_or_default();
+    assert!(app1_row.contains("Enabled"), "{list}");
+    assert!(
+        list.contains("app1") && list.contains("app3"),
+        "container names: {list}"
+    );
+
+    let guide = |s: &Setup, when: &str| {
+        assert_eq!(
+            s.get("app2", &v4, "/public").as_deref(),
+            Some("public"),
+            "{when}: app2 -> app1 v4"
+        );
+        assert_eq!(
+            s.get("app2", &v6, "/private").as_deref(),
+            Some("private"),
+            "{when}: app2 -> app1 v6"
+        );
+        assert_eq!(s.get("app3", &v4, "/public"), None, "{when}: app3 -> app1");
+        assert!(!s.ping("app2", &v4), "{when}: ping is not TCP/80");
+    };
+    guide(&s, "after import");
+
+    // cilium-docker restarts: nothing changes for the running containers.
+    assert_eq!(s.plugin.stop(), Some(0), "{}", s.plugin.log());
+    assert!(!s.plugin.socket.exists(), "SIGTERM removes the socket");
+    guide(&s, "plugin down");
+    s.plugin.restart();
+
+    // The agent restarts: endpoints, identities and policy come back, the watcher resyncs.
+    s.node.agent.stop_with(Signal::SIGTERM);
+    guide(&s, "agent down");
+    s.node.agent = Agent::start(
+        s.node.dir.path(),
+        &AgentOptions {
+            netns: Some(s.node.netns.name.clone()),
+            args: vec!["--docker".into(), s.dockerd.host()],
+            ..Default::default()
+        },
+    );
+    guide(&s, "agent restarted");
+    let after: Vec<u64> = ["app1", "app2", "app3"]
+        .iter()
+        .map(|n| identity_of(&s, n))
+        .collect();
+    assert_eq!(ids, after, "identities kept across the restart");
+    let status = s.node.agent.cli(&["status"]).ok();
+    assert!(status.contains("ContainerRuntime:  Ok"), "{status}");
+
+    // The containers stay manageable, and new ones get their labels.
+    let (app2_v4, _) = s.addresses("app2");
+    let app2_v4 = app2_v4.expect("app2 v4");
+    s.docker(&["stop", "-t", "1", "app2"]);
+    s.docker(&["rm", "app2"]);
+    assert!(
+        !s.allocated().0.contains(&app2_v4),
+        "app2's address released"
+    );
+    s.idle("app2b", "cilium-net", &["id=app2"]);
+    // (app2's identity went with its last endpoint; app2b's labels give it one again.)
+    identity_of(&s, "app2b");
+    assert_eq!(s.get("app2b", &v4, "/public").as_deref(), Some("public"));
+    s.docker(&["rm", "-f", "app1", "app2b", "app3"]);
+    s.docker(&["network", "rm", "cilium-net"]);
+    assert!(s.endpoints().is_empty());
 }

@@ -299,6 +299,21 @@ impl Agent {
         if self.datapath.is_none() {
             return;
         }
+        self.sync_policy_maps(inner, changed);
+        if let Err(e) = self.sync_ipcache(inner) {
+            tracing::warn!("cannot update the ipcache: {e}");
+        }
+    }
+
+    /// The policy maps of the endpoints whose identity is in `changed` (all when `None`).
+    pub(super) fn sync_policy_maps(
+        &self,
+        inner: &Inner,
+        changed: Option<&std::collections::BTreeSet<u32>>,
+    ) {
+        if self.datapath.is_none() {
+            return;
+        }
         for record in inner.endpoints.iter() {
             let identity = record.identity.as_ref().map_or(0, |i| i.id);
             if changed.is_some_and(|c| !c.contains(&identity)) {
@@ -307,9 +322,6 @@ impl Agent {
             if let Err(e) = self.sync_endpoint_datapath(inner, record) {
                 tracing::warn!(endpoint = record.id, "cannot update the datapath: {e}");
             }
-        }
-        if let Err(e) = self.sync_ipcache(inner) {
-            tracing::warn!("cannot update the ipcache: {e}");
         }
     }
 

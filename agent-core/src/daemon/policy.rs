@@ -69,9 +69,13 @@ impl Agent {
                 );
                 AgentError::Identity(e)
             })?;
-            inner
+            // A new identity may be a peer of other endpoints' policies: theirs change too.
+            let change = inner
                 .policy
                 .add_identity(identity.id, identity.labels.clone());
+            if !change.changed.is_empty() {
+                self.sync_policy_maps(inner, Some(&change.changed));
+            }
             inner.policy.acquire(identity.id);
             if let Some(old) = current {
                 self.drop_identity(inner, old);
@@ -101,7 +105,10 @@ impl Agent {
         inner.policy.release(id);
         match self.identities.release(id) {
             Ok(true) => {
-                inner.policy.remove_identity(id);
+                let change = inner.policy.remove_identity(id);
+                if !change.changed.is_empty() {
+                    self.sync_policy_maps(inner, Some(&change.changed));
+                }
                 tracing::debug!(identity = id, "identity released");
             }
             Ok(false) => {}
