@@ -143,7 +143,8 @@ fn datapath_status(out: &mut String, d: &DatapathStatus) {
 }
 
 /// `cilium endpoint list`: one row per endpoint, sorted by id, extra labels on continuation
-/// lines under the LABELS column.
+/// lines under the LABELS column. The seed's columns, then CONTAINER (the container or pod
+/// name) last, so scripts that pick the seed's columns by position keep working.
 pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
     let mut sorted: Vec<&Endpoint> = endpoints.iter().collect();
     sorted.sort_by_key(|e| e.id);
@@ -155,9 +156,10 @@ pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
         "IPv6",
         "IPv4",
         "STATUS",
+        "CONTAINER",
     ];
     let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
-    let rows: Vec<([String; 7], Vec<String>)> = sorted
+    let rows: Vec<([String; 8], Vec<String>)> = sorted
         .iter()
         .map(|e| {
             let mut labels = e.labels.clone();
@@ -189,6 +191,11 @@ pub fn endpoint_table(endpoints: &[Endpoint]) -> String {
                         .unwrap_or_default(),
                 ),
                 e.state.to_string(),
+                dash(if e.container_name.is_empty() {
+                    e.pod_name.clone()
+                } else {
+                    e.container_name.clone()
+                }),
             ];
             (cells, labels)
         })
@@ -615,7 +622,10 @@ pub(crate) mod tests {
                 42910,
                 &["k8s:id=app1", "k8s:io.kubernetes.pod.namespace=default"],
             ),
-            endpoint(3365, &["k8s:id=app1"]),
+            Endpoint {
+                container_name: "name-3365".into(),
+                ..endpoint(3365, &["k8s:id=app1"])
+            },
         ];
         let out = endpoint_table(&eps);
         let lines: Vec<&str> = out.lines().collect();
@@ -623,13 +633,16 @@ pub(crate) mod tests {
             lines[0].starts_with("ENDPOINT   POLICY        IDENTITY   LABELS (source:key[=value])"),
             "{out}"
         );
-        assert!(lines[0].ends_with("IPv4          STATUS"), "{out}");
+        assert!(
+            lines[0].ends_with("IPv4          STATUS   CONTAINER"),
+            "{out}"
+        );
         assert_eq!(lines[1].trim(), "ENFORCEMENT");
         assert!(lines[2].starts_with("3365 "), "sorted by id: {out}");
         assert!(
             lines[2].contains("Disabled")
                 && lines[2].contains("256")
-                && lines[2].ends_with("ready")
+                && lines[2].ends_with("ready    name-3365")
         );
         assert!(lines[3].starts_with("42910"));
         assert_eq!(lines[4].trim(), "k8s:io.kubernetes.pod.namespace=default");
@@ -663,7 +676,8 @@ pub(crate) mod tests {
                 "no labels",
                 "-",
                 "10.15.191.0",
-                "waiting-for-identity"
+                "waiting-for-identity",
+                "-"
             ]
         );
     }
