@@ -461,6 +461,10 @@ fn bad_flags_and_config_fail_with_a_clear_message() {
             &["--config", "/nonexistent/agent.yaml"],
             "cannot read config file /nonexistent/agent.yaml",
         ),
+        (
+            &["--docker", "tcp://127.0.0.1:2375"],
+            "TCP endpoints are not supported",
+        ),
     ];
     for (args, message) in cases {
         let opts = AgentOptions {
@@ -596,4 +600,54 @@ fn ipv6_only_agent() {
         "{printed}"
     );
     assert!(printed.contains("Node-IPv6: f00d::1"), "{printed}");
+}
+
+#[test]
+fn container_runtime_status_without_docker() {
+    let dir = test_dir();
+    // Docker absent: the agent serves, and says why the runtime is not there.
+    let missing = dir.path().join("no-docker.sock");
+    let agent = Agent::start(
+        dir.path(),
+        &AgentOptions {
+            args: vec!["--docker".into(), format!("unix://{}", missing.display())],
+            ..Default::default()
+        },
+    );
+    let out = agent.cli(&["status"]).ok();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ContainerRuntime:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("Failure") && line.contains(&missing.display().to_string()),
+        "{out}"
+    );
+    assert!(line.contains("no socket"), "{out}");
+    // Something that is not dockerd on the socket: still a Failure with the reason, no crash.
+    drop(agent);
+    let fake = std::os::unix::net::UnixListener::bind(&missing).expect("bind");
+    let agent = Agent::start(
+        dir.path(),
+        &AgentOptions {
+            args: vec!["--docker".into(), format!("unix://{}", missing.display())],
+            ..Default::default()
+        },
+    );
+    drop(fake);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = agent.cli(&["status"]).ok();
+    assert!(out.contains("ContainerRuntime:  Failure"), "{out}");
+    assert_eq!(healthz(&agent).cilium.state.to_string(), "Ok");
+    drop(agent);
+
+    let agent = Agent::start(
+        dir.path(),
+        &AgentOptions {
+            args: vec!["--docker".into(), String::new()],
+            ..Default::default()
+        },
+    );
+    let out = agent.cli(&["status"]).ok();
+    assert!(out.contains("ContainerRuntime:  Disabled"), "{out}");
 }
