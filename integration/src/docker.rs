@@ -341,7 +341,21 @@ impl Dockerd {
         );
     }
 
-    /// The daemon's pid (it stays the same until drop).
+    /// Stops the daemon (SIGTERM; its containers stop with it) and starts it again on the
+    /// same directories; waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        let driver = self.storage_driver;
+        self.spawn(driver);
+        if let Err(why) = self.wait_ready() {
+            panic!(
+                "dockerd did not come back: {why}:\n{}",
+                tail(&self.log(), 40)
+            );
+        }
+    }
+
+    /// The daemon's pid (it changes only with [`Dockerd::restart`]).
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -180,6 +180,19 @@ impl Setup {
         }
     }
 
+    /// Waits (up to 15 s) until `cilium status` says the container runtime is `Ok` again.
+    fn wait_runtime_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.node.agent.cli(&["status"]).ok();
+            if out.contains("ContainerRuntime:  Ok") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "runtime never Ok again: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn endpoints(&self) -> Vec<Value> {
         let (status, body) = self.node.agent.http("GET", "/endpoint", None);
         assert_eq!(status, 200, "{body}");
@@ -200,7 +213,7 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
     if !require_root("docker_networks_ipv4_and_ipv6_end_to_end") {
         return;
     }
-    let s = setup("net");
+    let mut s = setup("net");
     let (before4, before6) = s.allocated();
 
     s.network("dual", &["--ipv6"]);
@@ -327,6 +340,21 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
         !links.contains("lxc") && !links.contains("tmp"),
         "no veth left: {links}"
     );
+
+    // Docker restarts: the watcher notices, reconnects and resyncs.
+    let pid = s.dockerd.pid();
+    s.dockerd.restart();
+    assert_ne!(pid, s.dockerd.pid());
+    s.wait_runtime_ok();
+    s.network("again", &[]);
+    s.idle("app5", "again", &["id=app5"]);
+    let ep = s.wait_labels("app5");
+    assert!(
+        ep["labels"].to_string().contains("container:id=app5"),
+        "{ep}"
+    );
+    s.docker(&["rm", "-f", "app5"]);
+    s.docker(&["network", "rm", "again"]);
 }
 
 /// The seed's Docker guide policy (§2.2): app2 may reach app1 on TCP/80, nothing else may.
