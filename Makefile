@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io
+TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl
 
 deps:
 	@install/deps.sh
@@ -42,14 +42,16 @@ test: lint build
 	$(CARGO) test --workspace
 
 # Side-by-side measurements (not tests): agent API vs host-local IPAM, cilium-cni vs the
-# reference plugins, policy resolution vs an address-based iptables rule set.
+# reference plugins, policy resolution vs an address-based iptables rule set, docker run on a
+# cilium network vs Docker's bridge driver.
 bench: deps
 	@install/deps.sh $(TEST_PACKAGES)
-	$(CARGO) build --release -p agent-core -p cilium-cni --bins
+	$(CARGO) build --release -p agent-core -p cilium-cni -p cilium-docker --bins
 	$(CARGO) run --release -p integration --bin bench-ipam
 	$(CARGO) run --release -p integration --bin bench-cni
 	$(CARGO) run --release -p integration --bin bench-policy
 	$(CARGO) run --release -p integration --bin bench-datapath
+	$(CARGO) run --release -p integration --bin bench-docker
 
 clean:
 	$(CARGO) clean

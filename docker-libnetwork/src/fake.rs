@@ -192,10 +192,15 @@ impl Harness {
         reply
     }
 
-    /// Calls a method that must fail; returns the `Err` message.
+    /// Calls a method that must fail; returns the `Err` (IPAM: `Error`) message.
     pub async fn err(&self, method: &str, body: serde_json::Value) -> String {
         let reply = self.call(method, body).await;
-        match reply.get("Err").and_then(|e| e.as_str()) {
+        let field = if method.starts_with("IpamDriver.") {
+            "Error"
+        } else {
+            "Err"
+        };
+        match reply.get(field).and_then(|e| e.as_str()) {
             Some(message) => message.to_string(),
             None => panic!("{method}: expected an Err, got {reply}"),
         }

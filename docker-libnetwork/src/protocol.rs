@@ -27,11 +27,16 @@ pub const ROUTE_CONNECTED: u8 = 1;
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Empty {}
 
-/// `{"Err": "..."}`, the failure reply libnetwork reads.
-#[derive(Debug, Serialize)]
-pub struct ErrorReply<'a> {
-    #[serde(rename = "Err")]
-    pub err: &'a str,
+/// The failure reply libnetwork reads: `{"Err": "..."}` for the network driver and the plugin
+/// handshake, `{"Error": "..."}` for the IPAM driver (libnetwork's remote IPAM client decodes
+/// that field and would take a reply with only `Err` for a success).
+pub fn error_reply_body(method: &str, message: &str) -> Vec<u8> {
+    let field = if method.starts_with("IpamDriver.") {
+        "Error"
+    } else {
+        "Err"
+    };
+    serde_json::to_vec(&serde_json::json!({ field: message })).unwrap_or_default()
 }
 
 #[derive(Debug, Serialize)]

@@ -1,5 +1,6 @@
 //! The plugin socket: HTTP/1.1 on a unix socket, `POST /<Method>` with JSON bodies, routed to
-//! the [`Driver`]. The one place where driver errors become `{"Err": ...}` replies.
+//! the [`Driver`]. The one place where driver errors become `{"Err": ...}` (IPAM:
+//! `{"Error": ...}`) replies.
 
 use std::convert::Infallible;
 use std::fs;
@@ -23,7 +24,7 @@ use tokio::net::UnixListener;
 
 use crate::agent::Agent;
 use crate::driver::{Driver, DriverError};
-use crate::protocol::{ErrorReply, CONTENT_TYPE};
+use crate::protocol::{error_reply_body, CONTENT_TYPE};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -162,8 +163,7 @@ fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 
 fn error_reply(method: &str, status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     tracing::warn!(method, "{message}");
-    let body = serde_json::to_vec(&ErrorReply { err: message }).unwrap_or_default();
-    reply(status, body)
+    reply(status, error_reply_body(method, message))
 }
 
 async fn read_body<B>(request: Request<B>) -> Result<Bytes, String>

@@ -20,9 +20,17 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
+    setup_with(tag, &[])
+}
+
+/// [`setup`] with extra agent flags.
+fn setup_with(tag: &str, agent_args: &[&str]) -> Setup {
     let netns = Netns::new("dkn");
     let dockerd = Dockerd::start_in(tag, Some(&netns.name));
-    let node = Node::start_in(netns, &["--docker", &dockerd.host()]);
+    let host = dockerd.host();
+    let mut args = vec!["--docker", host.as_str()];
+    args.extend_from_slice(agent_args);
+    let node = Node::start_in(netns, &args);
     let plugin = DockerPlugin::start(&node.netns.name, &node.agent.socket, node.dir.path());
     dockerd.import_busybox(IMAGE);
     Setup {
@@ -287,7 +295,13 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
         let (status, reply) = s.plugin.call(method, body).expect("plugin call");
         let v: Value = serde_json::from_str(&reply)
             .unwrap_or_else(|e| panic!("{method}: not JSON ({e}): {reply}"));
-        let message = v["Err"].as_str().unwrap_or_default().to_string();
+        // libnetwork reads `Err` from the network driver, `Error` from the IPAM driver.
+        let field = if method.starts_with("IpamDriver.") {
+            "Error"
+        } else {
+            "Err"
+        };
+        let message = v[field].as_str().unwrap_or_default().to_string();
         assert!(
             !message.is_empty(),
             "{method} {body}: expected an Err, got {status} {reply}"
@@ -357,18 +371,12 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
     s.docker(&["network", "rm", "again"]);
 }
 
-/// The seed's Docker guide policy (§2.2): app2 may reach app1 on TCP/80, nothing else may.
-const L3_L4_POLICY: &str = r#"[{
-  "endpointSelector": {"matchLabels":{"id":"app1"}},
-  "ingress": [{
-    "fromEndpoints": [
-      {"matchLabels":{"id":"app2"}}
-    ],
-    "toPorts": [{
-      "ports": [{"port": "80", "protocol": "tcp"}]
-    }]
-  }]
-}]"#;
+/// The seed's Docker guide policy (§2.2) as the example ships it: app2 may reach app1 on
+/// TCP/80, nothing else may.
+const L3_L4_POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/getting-started-docker/l3_l4_policy.json"
+);
 
 /// The identity of container `name`'s endpoint.
 fn identity_of(s: &Setup, name: &str) -> u64 {
@@ -401,12 +409,7 @@ fn docker_guide_policy_survives_plugin_and_agent_restarts() {
     // Without policy everyone reaches app1.
     assert_eq!(s.get("app3", &v4, "/public").as_deref(), Some("public"));
 
-    let file = s.node.dir.path().join("l3_l4_policy.json");
-    std::fs::write(&file, L3_L4_POLICY).expect("policy file");
-    s.node
-        .agent
-        .cli(&["policy", "import", &file.display().to_string()])
-        .ok();
+    s.node.agent.cli(&["policy", "import", L3_L4_POLICY]).ok();
     let list = s.node.agent.cli(&["endpoint", "list"]).ok();
     let app1_row = list
         .lines()
@@ -476,4 +479,99 @@ fn docker_guide_policy_survives_plugin_and_agent_restarts() {
     s.docker(&["rm", "-f", "app1", "app2b", "app3"]);
     s.docker(&["network", "rm", "cilium-net"]);
     assert!(s.endpoints().is_empty());
+}
+
+#[test]
+fn ipv4_only_agent_refuses_ipv6_networks_with_the_reason() {
+    if !require_root("ipv4_only_agent_refuses_ipv6_networks_with_the_reason") {
+        return;
+    }
+    let s = setup_with("v4", &["--disable-ipv6"]);
+    let before = s.allocated();
+    let mut args = vec![
+        "network",
+        "create",
+        "--driver",
+        &s.plugin.name,
+        "--ipam-driver",
+        &s.plugin.name,
+        "--ipv6",
+        "v6net",
+    ];
+    let out = s.dockerd.docker(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--ipv6 on an IPv4-only agent");
+    // The driver's reason reaches the user.
+    assert!(
+        stderr.contains("the agent has no IPv6 allocation range (IPv6 disabled)"),
+        "{stderr}\n{}",
+        s.plugin.log()
+    );
+    let out = s.dockerd.docker(&[
+        "network",
+        "create",
+        "--driver",
+        &s.plugin.name,
+        "--ipam-driver",
+        &s.plugin.name,
+        "--subnet",
+        "10.99.0.0/16",
+        "foreign",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is not the agent's IPv4 range 10.23.0.0/16"),
+        "{stderr}"
+    );
+    assert_eq!(
+        s.allocated(),
+        before,
+        "nothing left by the refused networks"
+    );
+    args.retain(|a| *a != "--ipv6");
+    args.pop();
+    args.push("v4net");
+    s.docker(&args);
+    s.idle("c4", "v4net", &["id=c4"]);
+    let (v4, v6) = s.addresses("c4");
+    assert!(v4.as_deref().is_some_and(in_v4_range), "{v4:?}");
+    assert_eq!(v6, None);
+    s.wait_labels("c4");
+    assert!(s.ping("c4", "10.23.0.1"), "the IPv4 gateway works");
+}
+
+#[test]
+fn getting_started_docker_example_runs() {
+    if !require_root("getting_started_docker_example_runs") {
+        return;
+    }
+    let s = setup("ex");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/getting-started-docker");
+    let run = |script: &str| -> String {
+        let out = std::process::Command::new(example.join(script))
+            .env("DOCKER", integration::docker::DOCKER)
+            .env("DOCKER_HOST", s.dockerd.host())
+            .env("DOCKER_CONFIG", s.dockerd.dir().join("client"))
+            .env("CILIUM", integration::bin("cilium"))
+            .env("CILIUM_SOCK", &s.node.agent.socket)
+            .env("DRIVER", &s.plugin.name)
+            .output()
+            .expect("run the example");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{script} failed:\n{text}");
+        text
+    };
+    run("build-images.sh");
+    let out = run("walkthrough.sh");
+    assert!(out.contains("container:id=app1"), "{out}");
+    assert!(out.contains("this is public"), "{out}");
+    assert!(
+        s.endpoints().is_empty(),
+        "the walkthrough cleans up after itself"
+    );
 }

@@ -27,7 +27,12 @@ async fn malformed_bodies_are_err_replies() {
     );
     let (status, reply) = h.raw("IpamDriver.RequestAddress", r#"{"PoolID": 4}"#).await;
     assert_eq!(status, 200);
-    let err = reply["Err"].as_str().unwrap();
+    assert_eq!(
+        reply.get("Err"),
+        None,
+        "IPAM failures use the Error field: {reply}"
+    );
+    let err = reply["Error"].as_str().unwrap();
     assert!(
         err.starts_with("invalid request body for IpamDriver.RequestAddress: invalid type"),
         "{err}"
@@ -79,14 +84,20 @@ async fn oversized_bodies_are_refused() {
     let big = format!(r#"{{"PoolID": "{}"}}"#, "x".repeat(MAX_BODY_BYTES));
     let (status, reply) = h.raw("IpamDriver.ReleasePool", &big).await;
     assert_eq!(status, 200);
-    assert_eq!(reply, json!({"Err": "request body exceeds 1048576 bytes"}));
+    assert_eq!(
+        reply,
+        json!({"Error": "request body exceeds 1048576 bytes"})
+    );
     // Announced by Content-Length: refused before reading.
     let request = Request::post("/IpamDriver.ReleasePool")
         .header(header::CONTENT_LENGTH, "2000000")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     let (_, reply) = reply_of(handle(&h.driver, request).await).await;
-    assert_eq!(reply, json!({"Err": "request body exceeds 1048576 bytes"}));
+    assert_eq!(
+        reply,
+        json!({"Error": "request body exceeds 1048576 bytes"})
+    );
 }
 
 /// One raw HTTP/1.1 exchange on a std unix stream; returns the whole response text.

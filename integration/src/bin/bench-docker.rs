@@ -11,18 +11,28 @@
 //! What is timed, per container: the wall time from spawning `docker run -d` until
 //!
 //! - `docker run -d` returned (the client has the container id: created and started), and
-//! - the network is ready: the container's own first `ping -c1 -W1 <gateway>` was answered.
+//! - the network is ready: the container's first ping to its network's gateway was answered.
+//!   On the cilium network that also covers the agent learning the container's labels: the
+//!   endpoint has the `reserved:init` identity, on which everything is dropped, until the
+//!   agent's Docker watcher has them, so a container is ready when the network *and* its
+//!   security identity are there.
 //!
-//! How "ready" is observed, with the least overhead we found: the container's command is
-//! `until ping -c1 -W1 <gw>; do usleep 1000; done; echo <attempts> > /bench/<name>; exec sleep`,
-//! where `/bench` is a bind mount of a host directory and `/bench/<name>` a FIFO the bench
-//! created and holds open (read-write, so the container's open never blocks and the bench never
-//! reads EOF). The bench `poll()`s the FIFO together with the `docker run` client's stdout, so
-//! both moments are taken when they happen: no `docker exec` per probe (each exec is itself a
-//! round trip through dockerd, containerd and runc, tens of milliseconds, and would load the
-//! daemon the measured container is going through), no sleep-and-retry granularity. The
-//! remaining cost inside the container (a busybox fork+exec of `ping`, one ICMP round trip)
-//! is the same for every driver and is part of "ready" by definition.
+//! How "ready" is observed, with the least overhead we found: the container's own command is
+//! `ping -i 0.01 -w 30 <gw> | while read line; do <on the first "bytes from" line: echo N >
+//! /bench/<name>; break>; done; exec sleep ...`, where `/bench` is a bind mount of a host
+//! directory and `/bench/<name>` a FIFO the bench created and holds open (read-write, so the
+//! container's open never blocks and the bench never reads EOF). The bench `poll()`s the FIFO
+//! together with the `docker run` client's stdout, so both moments are taken when they
+//! happen: no `docker exec` per probe (each exec is itself a round trip through dockerd,
+//! containerd and runc, tens of milliseconds, and would load the daemon the measured
+//! container is going through), no sleep-and-retry granularity on the bench's side.
+//!
+//! Why not one `ping -c1 -W1` per probe: a probe that is dropped (the cilium endpoint before
+//! its labels arrive) costs its whole one-second wait, which would round the result up to
+//! seconds. One ping process probing every 10 ms stops at the first answer instead, and its
+//! `seq=N` says how many probes it took (N + 1). The remaining cost inside the container (a
+//! busybox fork+exec of `ping`, one ICMP round trip, at most 10 ms of probe spacing) is the
+//! same for every driver and part of "ready" by definition.
 //!
 //! A third row, `--network none` with the same command minus the ping, is the floor: what
 //! Docker itself costs to create and start a container with this image and bind mount.
@@ -43,7 +53,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -55,12 +65,14 @@ use std::time::{Duration, Instant};
 use integration::cni::Node;
 use integration::docker::{DockerPlugin, Dockerd, DOCKER, DOCKERD};
 use integration::image::BUSYBOX;
-use integration::require_root;
+use integration::{require_root, test_dir, Agent, AgentOptions, Netns};
 
 const DEFAULT_CONTAINERS: usize = 20;
 /// Rounds run first and not counted (image and page cache, first plugin calls).
 const WARMUP_ROUNDS: usize = 2;
 const IMAGE: &str = "cilium-bench-busybox:latest";
+/// Seconds between the container's pings to its gateway (busybox ping takes fractions).
+const PROBE_INTERVAL: &str = "0.01";
 /// Upper bound for one container to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The user-defined bridge network's subnet (IPv4 only, as the cilium network here).
@@ -74,7 +86,8 @@ const BRIDGE_GATEWAY: &str = "10.24.0.1";
 
 type Action = Box<dyn FnOnce() + Send>;
 
-static ACTIONS: Mutex<Vec<(u64, Action)>> = Mutex::new(Vec::new());
+/// (id, rank, action): the hook runs the actions by ascending rank.
+static ACTIONS: Mutex<Vec<(u64, u8, Action)>> = Mutex::new(Vec::new());
 static NEXT_ACTION: AtomicU64 = AtomicU64::new(0);
 
 /// A value on the heap that the panic hook drops if the process panics while it is alive
@@ -90,7 +103,8 @@ struct Guarded<T> {
 }
 
 impl<T: Send + 'static> Guarded<T> {
-    fn new(value: T) -> Guarded<T> {
+    /// Guards `value`; after a panic, values of lower `rank` are dropped first.
+    fn new(value: T, rank: u8) -> Guarded<T> {
         let ptr = Box::into_raw(Box::new(value));
         let id = NEXT_ACTION.fetch_add(1, Ordering::Relaxed);
         let addr = ptr as usize;
@@ -103,9 +117,27 @@ impl<T: Send + 'static> Guarded<T> {
         ACTIONS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((id, action));
+            .push((id, rank, action));
         Guarded { ptr, id }
     }
+
+    /// The value, no longer guarded.
+    fn into_inner(self) -> T {
+        deregister(self.id);
+        // SAFETY: the pointer came from `Box::into_raw` and its action is gone; `forget`
+        // keeps `drop` from freeing it a second time.
+        let value = *unsafe { Box::from_raw(self.ptr) };
+        std::mem::forget(self);
+        value
+    }
+}
+
+/// Removes the hook's action for `id` (unrun: it owns nothing but an address).
+fn deregister(id: u64) {
+    ACTIONS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(i, _, _)| *i != id);
 }
 
 impl<T> Deref for Guarded<T> {
@@ -117,23 +149,22 @@ impl<T> Deref for Guarded<T> {
     }
 }
 
+impl<T> DerefMut for Guarded<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.ptr }
+    }
+}
+
 impl<T> Drop for Guarded<T> {
     fn drop(&mut self) {
-        let action = {
-            let mut actions = ACTIONS.lock().unwrap_or_else(PoisonError::into_inner);
-            actions
-                .iter()
-                .position(|(id, _)| *id == self.id)
-                .map(|i| actions.remove(i))
-        };
-        // The action owns nothing but the address: forgetting it frees nothing twice.
-        drop(action);
+        deregister(self.id);
         // SAFETY: the pointer came from `Box::into_raw`, and the hook's action for it is gone.
         drop(unsafe { Box::from_raw(self.ptr) });
     }
 }
 
-/// On panic: print as usual, then drop every guarded value, newest first.
+/// On panic: print as usual, then drop every guarded value by rank.
 fn install_panic_cleanup() {
     if !cfg!(panic = "abort") {
         return;
@@ -141,11 +172,13 @@ fn install_panic_cleanup() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        let actions = std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut actions =
+            std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(PoisonError::into_inner));
         if !actions.is_empty() {
             eprintln!("bench-docker: cleaning up after the panic");
         }
-        for (_, action) in actions.into_iter().rev() {
+        actions.sort_by_key(|(_, rank, _)| *rank);
+        for (_, _, action) in actions {
             action();
         }
     }));
@@ -155,8 +188,8 @@ fn install_panic_cleanup() {
 // The setup.
 
 /// Dropped in field order: containers and networks go while the plugin still serves, then
-/// the plugin, then the agent and its namespace. Built in the reverse order, so the panic
-/// hook (newest first) tears down in the same order.
+/// the plugin, then the agent and its namespace; the panic hook follows the same order
+/// (the ranks).
 #[derive(Debug)]
 struct Setup {
     dockerd: Guarded<Dockerd>,
@@ -186,19 +219,44 @@ struct Sample {
     run: Duration,
     /// The container's first answered ping (the floor row: its command started).
     ready: Duration,
-    /// Pings the container needed (1: the first one was answered).
-    pings: u32,
+    /// Ping probes the container sent until the first answer (1: the first was answered).
+    probes: u32,
 }
 
 impl Setup {
+    /// The daemon first: the agent watches it for the containers' labels. Every piece is
+    /// guarded from the moment it exists.
     fn start() -> Setup {
-        let node = Guarded::new(Node::start("dkb"));
-        let plugin = Guarded::new(DockerPlugin::start(
-            &node.netns.name,
-            &node.agent.socket,
-            node.dir.path(),
-        ));
-        let dockerd = Guarded::new(Dockerd::start_in("bench", Some(&node.netns.name)));
+        let netns = Guarded::new(Netns::new("dkb"), 4);
+        let dir = Guarded::new(test_dir(), 5);
+        let dockerd = Guarded::new(Dockerd::start_in("bench", Some(&netns.name)), 0);
+        // The agent as `Node::start_in` runs it, but given the Docker endpoint by environment
+        // (`CILIUM_DOCKER`) rather than `--docker`: the dockerd's drop kills every process that
+        // names its directory on the command line, and the agent is meant to stop after it.
+        let mut agent = Guarded::new(
+            Agent::spawn(
+                dir.path(),
+                &AgentOptions {
+                    netns: Some(netns.name.clone()),
+                    env: vec![("CILIUM_DOCKER".to_string(), dockerd.host())],
+                    ..Default::default()
+                },
+            ),
+            2,
+        );
+        agent.wait_ready();
+        let node = Guarded::new(
+            Node {
+                agent: agent.into_inner(),
+                netns: netns.into_inner(),
+                dir: dir.into_inner(),
+            },
+            2,
+        );
+        let plugin = Guarded::new(
+            DockerPlugin::start(&node.netns.name, &node.agent.socket, node.dir.path()),
+            1,
+        );
         let markers = node.dir.path().join("markers");
         std::fs::create_dir_all(&markers).expect("marker dir");
         Setup {
@@ -261,14 +319,20 @@ impl Setup {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo_path)
             .map_err(|e| format!("open {}: {e}", fifo_path.display()))?;
+        // The first reply line ("64 bytes from <gw>: seq=N ...") ends the loop; N + 1 probes
+        // were sent. ping itself goes on until SIGPIPE (or its deadline), unobserved.
         let script = match &variant.gateway {
             Some(gw) => format!(
-                "n=1; until ping -c1 -W1 {gw} >/dev/null 2>&1; do n=$((n+1)); usleep 1000; \
-                 done; echo $n > /bench/{name}; exec sleep 1000000"
+                "ping -i {PROBE_INTERVAL} -w 30 {gw} 2>/dev/null | while read -r line; do \
+                 case \"$line\" in *' bytes from '*) set -- ${{line#*seq=}}; \
+                 echo $(($1 + 1)) > /bench/{name}; break;; esac; done; exec sleep 1000000"
             ),
-            None => format!("echo 1 > /bench/{name}; exec sleep 1000000"),
+            None => format!("echo 0 > /bench/{name}; exec sleep 1000000"),
         };
         let volume = format!("{}:/bench", self.markers.display());
+        // A label of its own: on cilium every container gets a new security identity, the
+        // costlier case (replicas sharing their labels would share one identity).
+        let label = format!("bench={name}");
         let args = [
             "run",
             "-d",
@@ -278,6 +342,8 @@ impl Setup {
             &variant.network,
             "-v",
             &volume,
+            "-l",
+            &label,
             IMAGE,
             "sh",
             "-c",
@@ -366,12 +432,12 @@ impl Setup {
                 }
             }
         }
-        let (run, (ready, pings)) = (run.expect("loop ends with both"), ready.expect("both"));
+        let (run, (ready, probes)) = (run.expect("loop ends with both"), ready.expect("both"));
         let _ = std::fs::remove_file(&fifo_path);
         Ok(Sample {
             run,
             ready,
-            pings: pings.parse().unwrap_or(0),
+            probes: probes.parse().unwrap_or(0),
         })
     }
 
@@ -487,7 +553,7 @@ fn main() {
         if sibling(name).is_none() {
             println!(
                 "bench-docker: {name} is not built next to this binary; run `cargo build{profile} \
-                 -p agent-core -p docker-libnetwork --bins` first"
+                 -p agent-core -p cilium-docker --bins` first"
             );
             return;
         }
@@ -537,21 +603,21 @@ fn run(n: usize) -> Result<(), String> {
         networks.push(bridge_net);
         let mut variants = vec![
             Variant {
-                label: format!("cilium (driver {})", setup.plugin.name),
+                label: "cilium".to_string(),
                 tag: "cil",
                 network: cilium_net.to_string(),
                 gateway: Some(setup.gateway(cilium_net)?),
                 samples: Vec::new(),
             },
             Variant {
-                label: "bridge (Docker's driver)".to_string(),
+                label: "bridge".to_string(),
                 tag: "br",
                 network: bridge_net.to_string(),
                 gateway: Some(setup.gateway(bridge_net)?),
                 samples: Vec::new(),
             },
             Variant {
-                label: "floor: --network none, no ping".to_string(),
+                label: "floor: --network none".to_string(),
                 tag: "none",
                 network: "none".to_string(),
                 gateway: None,
@@ -581,7 +647,20 @@ fn run(n: usize) -> Result<(), String> {
     })();
     // Every endpoint the plugin made is at the agent (checked before removing anything).
     let (_, body) = setup.node.agent.http("GET", "/endpoint", None);
-    let endpoints = serde_json::from_str::<Vec<serde_json::Value>>(&body).map_or(0, |e| e.len());
+    let endpoints = serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap_or_default();
+    // Those whose identity carries their container's labels (not `reserved:init`).
+    let labelled = endpoints
+        .iter()
+        .filter(|e| {
+            e["identity"]["labels"].as_array().is_some_and(|l| {
+                l.iter().any(|l| {
+                    l.as_str()
+                        .is_some_and(|l| l.starts_with("container:bench="))
+                })
+            })
+        })
+        .count();
+    let endpoints = endpoints.len();
     setup.remove(&containers, &networks);
     let variants = result?;
     let header = format!(
@@ -599,9 +678,11 @@ fn run(n: usize) -> Result<(), String> {
     println!("{header}");
     println!(
         "cilium: `docker network create --driver <cilium-docker> --ipam-driver <cilium-docker>`, \
-         agent in the node namespace (endpoints at the agent before cleanup: {endpoints}); \
-         bridge: `docker network create --driver bridge --subnet {BRIDGE_SUBNET}`; IPv4 only, \
-         same private dockerd, same busybox image"
+         agent in the node namespace watching the dockerd for labels (endpoints at the agent \
+         before cleanup: {endpoints}, with their container's labels: {labelled}); \
+         bridge: `docker network create --driver bridge --subnet {BRIDGE_SUBNET} --gateway \
+         {BRIDGE_GATEWAY}`; IPv4 only, same private dockerd, same busybox image; every container \
+         has a label of its own (-l bench=<name>: on cilium a new security identity each)"
     );
     println!(
         "{n} containers per row, rounds interleaved (order alternating each round) after \
@@ -612,13 +693,16 @@ fn run(n: usize) -> Result<(), String> {
          until the client exited (container created and started)"
     );
     println!(
-        "ready:  wall time from the same spawn until the container's own command had its first \
-         `ping -c1 -W1 <gateway>` answered (it loops on ping, then writes to a FIFO on the bind \
-         mount that the bench poll()s; no docker exec)"
+        "ready:  wall time from the same spawn until the container's first ping to its \
+         gateway was answered: its own command runs `ping -i {PROBE_INTERVAL} <gateway>` and at \
+         the first reply writes to a FIFO on a bind mount that the bench poll()s (no docker \
+         exec); on cilium this includes the agent learning the container's labels (the \
+         endpoint drops everything under the reserved:init identity until then); ready may \
+         come before run -d returns"
     );
     println!();
     println!(
-        "  {:<34} {:>11} {:>11} {:>11}   {:>11} {:>11} {:>11}   {:>5}",
+        "  {:<24} {:>11} {:>11} {:>11}   {:>11} {:>11} {:>11}   {:>7}",
         "",
         "run -d p50",
         "run -d p90",
@@ -626,19 +710,20 @@ fn run(n: usize) -> Result<(), String> {
         "ready p50",
         "ready p90",
         "ready max",
-        "pings"
+        "probes"
     );
     let mut rows = Vec::new();
     for v in &variants {
         let run = stats(v.samples.iter().map(|s| s.run).collect());
         let ready = stats(v.samples.iter().map(|s| s.ready).collect());
-        let pings = v.samples.iter().map(|s| s.pings).max().unwrap_or(0);
+        let mut probes: Vec<u32> = v.samples.iter().map(|s| s.probes).collect();
+        probes.sort_unstable();
         let label = match &v.gateway {
-            Some(gw) => format!("{} gw {gw}", v.label),
+            Some(gw) => format!("{} (gw {gw})", v.label),
             None => v.label.clone(),
         };
         println!(
-            "  {:<34} {:>11} {:>11} {:>11}   {:>11} {:>11} {:>11}   {:>5}",
+            "  {:<24} {} {} {}   {} {} {}   {:>7}",
             label,
             show(run.p50),
             show(run.p90),
@@ -647,7 +732,11 @@ fn run(n: usize) -> Result<(), String> {
             show(ready.p90),
             show(ready.max),
             if v.gateway.is_some() {
-                format!("≤{pings}")
+                format!(
+                    "{} / {}",
+                    probes[(probes.len() - 1) / 2],
+                    probes[probes.len() - 1]
+                )
             } else {
                 "-".to_string()
             }
@@ -655,7 +744,8 @@ fn run(n: usize) -> Result<(), String> {
         rows.push((run, ready));
     }
     println!(
-        "  (pings: most ping attempts any container of the row needed; 1 = the first answered)"
+        "  (probes: median / most ping probes a container of the row sent until the first \
+         answer, {PROBE_INTERVAL} s apart; 1 = the first one was answered)"
     );
     println!();
     let (cilium, bridge, floor) = (rows[0], rows[1], rows[2]);
