@@ -5,7 +5,10 @@
 //! One session per connection to dockerd: subscribe to events first, then list every running
 //! container (a resync, so nothing that happened before the subscription is missed), then
 //! follow `start`, `rename` and network `connect` events, and resync every
-//! [`RESYNC_INTERVAL`] while some endpoint still waits for its labels. When Docker is absent
+//! [`RESYNC_INTERVAL`] while some endpoint still waits for its labels. After `die`, `destroy`
+//! and network `disconnect` (and at every full resync), endpoints whose container no longer
+//! has them are deleted: Docker drops an endpoint without the plugin's help when the plugin
+//! is down at the time, and the agent is the one left to clean up. When Docker is absent
 //! or goes away the session ends, `cilium status` says why (`ContainerRuntime: Failure`) and
 //! the watcher reconnects with a capped backoff; the agent never stops for it.
 
@@ -23,7 +26,7 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use cilium_api::models::StatusState;
 use futures_util::StreamExt;
 
-use crate::daemon::{Agent, ContainerInfo};
+use crate::daemon::{Agent, ContainerInfo, LiveContainers};
 
 /// Timeout of one Docker API request (seconds; not the event stream).
 const REQUEST_TIMEOUT: u64 = 10;
@@ -31,6 +34,9 @@ const REQUEST_TIMEOUT: u64 = 10;
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// Every container is listed this often anyway (events lost to a slow reader).
 const FULL_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long after a `die`/`disconnect` event stale endpoints are looked for: the plugin's
+/// `DeleteEndpoint` has been tried by then.
+const STALE_GRACE: Duration = Duration::from_secs(1);
 /// Reconnection backoff.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -87,14 +93,21 @@ async fn session(agent: &Arc<Agent>, socket: &Path) -> Result<Never, String> {
         ),
         (
             "event".to_string(),
-            vec!["start".into(), "rename".into(), "connect".into()],
+            vec![
+                "start".into(),
+                "rename".into(),
+                "connect".into(),
+                "die".into(),
+                "destroy".into(),
+                "disconnect".into(),
+            ],
         ),
     ]);
     let mut events = Box::pin(docker.events(Some(EventsOptions {
         filters: Some(filters),
         ..EventsOptions::default()
     })));
-    resync(agent, &docker).await?;
+    resync(agent, &docker, true).await?;
     agent.set_container_runtime(
         StatusState::Ok,
         format!(
@@ -112,18 +125,30 @@ async fn session(agent: &Arc<Agent>, socket: &Path) -> Result<Never, String> {
         tokio::select! {
             event = events.next() => match event {
                 Some(Ok(event)) => {
-                    if let Some(container) = container_of(&event) {
-                        sync_container(agent, &docker, &container).await;
+                    let Some(container) = container_of(&event) else {
+                        continue;
+                    };
+                    match event.action.as_deref() {
+                        Some("die" | "destroy" | "disconnect") => {
+                            // The plugin's own deletes come first; look a moment later.
+                            let (agent, docker) = (Arc::clone(agent), docker.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(STALE_GRACE).await;
+                                remove_stale(&agent, &docker, &container).await;
+                            });
+                        }
+                        _ => sync_container(agent, &docker, &container).await,
                     }
                 }
                 Some(Err(e)) => return Err(format!("event stream failed: {e}")),
                 None => return Err("event stream ended (dockerd stopped?)".into()),
             },
             _ = tick.tick() => {
-                let pending = !agent.pending_docker_endpoints().is_empty();
-                if pending || last_full.elapsed() >= FULL_RESYNC_INTERVAL {
-                    resync(agent, &docker).await?;
+                if last_full.elapsed() >= FULL_RESYNC_INTERVAL {
+                    resync(agent, &docker, true).await?;
                     last_full = Instant::now();
+                } else if !agent.pending_docker_endpoints().is_empty() {
+                    resync(agent, &docker, false).await?;
                 }
             }
         }
@@ -209,16 +234,54 @@ async fn sync_container(agent: &Arc<Agent>, docker: &Docker, id: &str) {
     }
 }
 
-/// Lists every running container and applies each.
-async fn resync(agent: &Arc<Agent>, docker: &Docker) -> Result<(), String> {
+/// Lists every running container and applies each; a `full` resync also deletes the
+/// endpoints whose container no longer has them.
+async fn resync(agent: &Arc<Agent>, docker: &Docker, full: bool) -> Result<(), String> {
     let containers = docker
         .list_containers(Some(ListContainersOptions::default()))
         .await
         .map_err(|e| format!("cannot list containers: {e}"))?;
+    let mut live = HashMap::new();
     for c in &containers {
-        apply(agent, from_summary(c)).await;
+        let info = from_summary(c);
+        live.insert(info.id.clone(), info.endpoint_ids.clone());
+        apply(agent, info).await;
+    }
+    if full {
+        let agent = Arc::clone(agent);
+        let _ = tokio::task::spawn_blocking(move || {
+            agent.remove_stale_docker_endpoints(&LiveContainers::All(&live))
+        })
+        .await;
     }
     Ok(())
+}
+
+/// After `die`, `destroy` or `disconnect` of `container`: deletes its endpoints that Docker no
+/// longer has (all of them when the container is gone or stopped).
+async fn remove_stale(agent: &Arc<Agent>, docker: &Docker, container: &str) {
+    let endpoints = match docker.inspect_container(container, None).await {
+        Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+            from_inspect(&c).endpoint_ids
+        }
+        Ok(_) => Vec::new(),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Vec::new(),
+        Err(e) => {
+            tracing::debug!(container, "cannot inspect: {e}");
+            return;
+        }
+    };
+    let agent = Arc::clone(agent);
+    let container = container.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        agent.remove_stale_docker_endpoints(&LiveContainers::One {
+            container: &container,
+            endpoints: &endpoints,
+        })
+    })
+    .await;
 }
 
 async fn apply(agent: &Arc<Agent>, container: ContainerInfo) {

@@ -237,6 +237,9 @@ pub struct Driver<A> {
     networks: NetworkStore,
     sys_class_net: PathBuf,
     addressing: RwLock<Option<Arc<NodeAddressing>>>,
+    /// Endpoints joined to each sandbox (by sandbox key), to route a container on several
+    /// cilium networks through the first one only (see [`Driver::join`]).
+    sandboxes: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl<A: Agent> Driver<A> {
@@ -246,6 +249,7 @@ impl<A: Agent> Driver<A> {
             networks,
             sys_class_net: PathBuf::from(SYS_CLASS_NET),
             addressing: RwLock::new(None),
+            sandboxes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -436,6 +440,21 @@ impl<A: Agent> Driver<A> {
             return Err(DriverError::NotJoinable(req.endpoint_id));
         }
         let addressing = self.addressing().await?;
+        // Every cilium network routes through the same router: a sandbox's second cilium
+        // endpoint gets no gateway and no router route (the first one's would collide, and the
+        // container reaches everything through the first already).
+        let first = {
+            let mut sandboxes = self
+                .sandboxes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let joined = sandboxes.entry(req.sandbox_key.clone()).or_default();
+            let first = req.sandbox_key.is_empty() || joined.is_empty();
+            if !joined.contains(&req.endpoint_id) {
+                joined.push(req.endpoint_id.clone());
+            }
+            first
+        };
         let mut reply = JoinResponse {
             interface_name: InterfaceName {
                 src_name: peer,
@@ -447,7 +466,7 @@ impl<A: Agent> Driver<A> {
             disable_gateway_service: true,
         };
         for (family, used) in [(Family::Ipv4, network.ipv4), (Family::Ipv6, network.ipv6)] {
-            if !used {
+            if !used || !first {
                 continue;
             }
             let router = router(&addressing, family)?;
@@ -466,7 +485,15 @@ impl<A: Agent> Driver<A> {
         Ok(reply)
     }
 
-    pub fn leave(&self, _req: EndpointRequest) -> Empty {
+    pub fn leave(&self, req: EndpointRequest) -> Empty {
+        let mut sandboxes = self
+            .sandboxes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sandboxes.retain(|_, joined| {
+            joined.retain(|e| *e != req.endpoint_id);
+            !joined.is_empty()
+        });
         Empty {}
     }
 

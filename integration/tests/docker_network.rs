@@ -334,6 +334,28 @@ fn docker_networks_ipv4_and_ipv6_end_to_end() {
     );
     assert_eq!(s.get("app2", &a1v4, "/public").as_deref(), Some("public"));
 
+    // A second network for a running container: a second endpoint with the same container,
+    // labels and identity; disconnecting removes it again.
+    let app2_identity = s.wait_labels("app2")["identity"]["id"].clone();
+    s.docker(&["network", "connect", "only4", "app2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mine: Vec<Value> = s
+            .endpoints()
+            .into_iter()
+            .filter(|e| e["container-name"] == "app2")
+            .collect();
+        if mine.len() == 2 && mine.iter().all(|e| e["identity"]["id"] == app2_identity) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mine:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let eth1 = s.docker(&["exec", "app2", "ip", "-o", "addr", "show", "dev", "eth1"]);
+    assert!(eth1.contains("inet 10.23."), "{eth1}");
+    s.docker(&["network", "disconnect", "only4", "app2"]);
+    assert_eq!(s.endpoints().len(), 3);
+
     // docker rm releases the endpoint and its addresses; network rm works afterwards.
     s.docker(&["rm", "-f", "app4"]);
     let (after4, _) = s.allocated();
@@ -538,6 +560,51 @@ fn ipv4_only_agent_refuses_ipv6_networks_with_the_reason() {
     assert_eq!(v6, None);
     s.wait_labels("c4");
     assert!(s.ping("c4", "10.23.0.1"), "the IPv4 gateway works");
+
+    // An endpoint Docker dropped while the plugin could not delete it (made here by hand,
+    // linked to c4): when c4 stops, the watcher deletes it and frees its address.
+    let c4_id = s.docker(&["inspect", "-f", "{{.Id}}", "c4"]);
+    let (status, body) = s
+        .node
+        .agent
+        .http("POST", "/ipam/10.23.0.200?owner=docker-ipam", None);
+    assert_eq!(status, 200, "{body}");
+    let stale = serde_json::json!({
+        "veth-peer-name": "tmpstale1",
+        "docker-endpoint-id": "stale1",
+        "container-id": c4_id,
+        "addressing": {"ipv4": "10.23.0.200"},
+    });
+    let (status, body) = s.node.agent.http(
+        "PUT",
+        "/endpoint/docker-endpoint:stale1",
+        Some(&stale.to_string()),
+    );
+    assert_eq!(status, 201, "{body}");
+    // A late ReleaseAddress cannot take the address from the endpoint using it.
+    let (status, body) = s.node.agent.http("DELETE", "/ipam/10.23.0.200", None);
+    assert_eq!(status, 409, "{body}");
+    s.docker(&["stop", "-t", "1", "c4"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = s
+            .node
+            .agent
+            .http("GET", "/endpoint/docker-endpoint:stale1", None);
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale endpoint kept:\n{}",
+            s.node.agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!s.allocated().0.contains(&"10.23.0.200".to_string()));
+    let links = s.node.sh(&["ip", "-o", "link"]);
+    assert!(!links.contains("tmpstale1"), "{links}");
+    assert!(s.endpoints().is_empty(), "{:#?}", s.endpoints());
 }
 
 #[test]

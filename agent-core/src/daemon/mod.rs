@@ -37,7 +37,7 @@ use crate::state::{StateDir, StateError};
 
 pub use policy::POLICY_ENFORCEMENT;
 pub use process::{Daemon, RunError};
-pub use runtime::{ContainerInfo, ContainerUpdate};
+pub use runtime::{ContainerInfo, ContainerUpdate, LiveContainers};
 
 /// Mutable agent options (`PATCH /config`).
 pub const AGENT_OPTIONS: &[&str] = &["Debug"];
@@ -383,6 +383,20 @@ impl Agent {
         if let Some(endpoint) = self.ipam.owner(&ip).as_deref().and_then(owner_endpoint) {
             if inner.endpoints.contains(endpoint) {
                 return Err(AgentError::AddressInUse { ip, endpoint });
+            }
+        }
+        // An IPAM driver's address in use by a live endpoint: a late release for an endpoint
+        // that was cleaned up already must not take it from the one using it now.
+        if self.ipam.owner(&ip).as_deref() == Some(cilium_api::DOCKER_IPAM_OWNER) {
+            if let Some(record) = inner
+                .endpoints
+                .iter()
+                .find(|r| r.addresses().any(|a| a == ip))
+            {
+                return Err(AgentError::AddressInUse {
+                    ip,
+                    endpoint: record.id,
+                });
             }
         }
         let owner = self.ipam.release(ip)?;

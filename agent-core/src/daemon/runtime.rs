@@ -3,8 +3,10 @@
 //! written onto the agent's endpoints here, which resolves their identity; and the runtime's
 //! state for `cilium status`.
 
+use std::collections::HashMap;
+
 use cilium_api::models::{EndpointChangeRequest, Status, StatusState};
-use cilium_api::EndpointId;
+use cilium_api::{EndpointId, DOCKER_IPAM_OWNER};
 
 use super::attach::INIT_LABEL;
 use super::{lock, Agent};
@@ -40,6 +42,34 @@ impl ContainerInfo {
         good.sort();
         good.dedup();
         (good, bad)
+    }
+}
+
+/// The containers Docker runs and their libnetwork endpoint ids.
+#[derive(Debug)]
+pub enum LiveContainers<'a> {
+    /// Every running container (from a full listing).
+    All(&'a HashMap<String, Vec<String>>),
+    /// One container (from an event): its endpoints now, empty when it is gone or stopped.
+    One {
+        container: &'a str,
+        endpoints: &'a [String],
+    },
+}
+
+impl LiveContainers<'_> {
+    /// Whether `container` still has endpoint `eid`; containers a [`LiveContainers::One`]
+    /// does not name are assumed to.
+    fn has(&self, container: &str, eid: &str) -> bool {
+        match self {
+            LiveContainers::All(map) => map
+                .get(container)
+                .is_some_and(|eids| eids.iter().any(|e| e == eid)),
+            LiveContainers::One {
+                container: c,
+                endpoints,
+            } => *c != container || endpoints.iter().any(|e| e == eid),
+        }
     }
 }
 
@@ -129,6 +159,52 @@ impl Agent {
             }
         }
         outcome
+    }
+
+    /// Docker endpoints linked to a container that no longer has them: `containers` maps
+    /// each container Docker runs to its libnetwork endpoint ids (`None`: only `container`
+    /// is known, with endpoints `current`). Docker leaves a network without the plugin
+    /// deleting the endpoint when the plugin was down at the time; such endpoints are deleted
+    /// here, and the addresses the IPAM driver had reserved for them are released (Docker
+    /// does not ask again). Endpoints not linked to a container yet are never touched.
+    pub fn remove_stale_docker_endpoints(&self, live: &LiveContainers<'_>) -> Vec<u16> {
+        let stale: Vec<(u16, String, Vec<std::net::IpAddr>)> = {
+            let inner = lock(&self.inner);
+            inner
+                .endpoints
+                .iter()
+                .filter(|r| r.plumbing.is_docker() && !r.container_id.is_empty())
+                .filter(|r| !live.has(&r.container_id, &r.docker_endpoint_id))
+                .map(|r| (r.id, r.docker_endpoint_id.clone(), r.addresses().collect()))
+                .collect()
+        };
+        let mut removed = Vec::new();
+        for (n, eid, addresses) in stale {
+            match self.endpoint_delete(&EndpointId::DockerEndpoint(eid)) {
+                Ok(outcome) => {
+                    for e in outcome.errors {
+                        tracing::warn!(endpoint = n, "stale endpoint: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = n, "cannot delete the stale endpoint: {e}");
+                    continue;
+                }
+            }
+            for ip in addresses {
+                if self.ipam.owner(&ip).as_deref() == Some(DOCKER_IPAM_OWNER) {
+                    if let Err(e) = self.ipam_release(ip) {
+                        tracing::warn!(endpoint = n, %ip, "cannot release: {e}");
+                    }
+                }
+            }
+            tracing::info!(
+                endpoint = n,
+                "deleted: its container left the network without the plugin deleting it"
+            );
+            removed.push(n);
+        }
+        removed
     }
 
     /// Docker endpoints whose container's labels are not known yet (`reserved:init`).

@@ -114,9 +114,15 @@ impl Registry {
     }
 
     /// Refuses a record whose container id or Docker endpoint id another endpoint already has.
+    /// Docker endpoints may share a container id: a container joins one endpoint per network
+    /// (`container-id:` is then ambiguous; `docker-endpoint:` names each).
     pub fn check_unique(&self, record: &EndpointRecord) -> Result<(), EndpointError> {
+        let docker = |r: &EndpointRecord| !r.docker_endpoint_id.is_empty();
         for other in self.endpoints.values().filter(|o| o.id != record.id) {
-            if !record.container_id.is_empty() && other.container_id == record.container_id {
+            if !record.container_id.is_empty()
+                && other.container_id == record.container_id
+                && !(docker(record) && docker(other))
+            {
                 return Err(EndpointError::Conflict(format!(
                     "endpoint {} already exists for container-id {}",
                     other.id, record.container_id

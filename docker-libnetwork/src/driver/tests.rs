@@ -551,6 +551,38 @@ async fn join_hands_over_the_peer_and_the_routers() {
 }
 
 #[tokio::test]
+async fn a_second_endpoint_in_a_sandbox_gets_no_gateway() {
+    let h = with_network(FakeAgent::dual_stack(), false).await;
+    let join = |ep: &str| json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/sb/1"});
+    let (ep1, ep2) = ("e1e1e1e1e1e1e1e1", "e2e2e2e2e2e2e2e2");
+    h.make_peer(ep1);
+    h.make_peer(ep2);
+    assert_eq!(
+        h.call("NetworkDriver.Join", join(ep1)).await["Gateway"],
+        "10.11.0.1"
+    );
+    let second = h.call("NetworkDriver.Join", join(ep2)).await;
+    assert_eq!(second.get("Gateway"), None, "{second}");
+    assert_eq!(second["StaticRoutes"], json!([]), "{second}");
+    // Once the first has left, the next one routes again.
+    h.call(
+        "NetworkDriver.Leave",
+        json!({"NetworkID": NET, "EndpointID": ep1}),
+    )
+    .await;
+    h.call(
+        "NetworkDriver.Leave",
+        json!({"NetworkID": NET, "EndpointID": ep2}),
+    )
+    .await;
+    h.make_peer(ep2);
+    assert_eq!(
+        h.call("NetworkDriver.Join", join(ep2)).await["Gateway"],
+        "10.11.0.1"
+    );
+}
+
+#[tokio::test]
 async fn join_refusals() {
     let h = with_network(FakeAgent::dual_stack(), true).await;
     // No such peer in the real /sys/class/net: already moved by a first Join, or never made.
