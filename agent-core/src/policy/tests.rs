@@ -900,3 +900,35 @@ fn resolved_tables_agree_with_the_rules() {
         check_agreement(&engine, &locals, seed);
     }
 }
+
+#[test]
+fn init_identity_is_enforced_until_its_labels_are_known() {
+    let mut w = World::new();
+    w.endpoint("app1", &["container:id=app1"]);
+    // An endpoint whose labels are not known yet: identity 5, `reserved:init`.
+    w.engine
+        .add_identity(crate::identity::INIT, labels(&["reserved:init"]));
+    w.engine.acquire(crate::identity::INIT);
+    w.ids.insert("init".into(), crate::identity::INIT);
+    // No rules at all: everything else is allowed, the init endpoint is closed both ways.
+    assert_eq!(w.enforcing("app1"), (false, false));
+    assert_eq!(w.enforcing("init"), (true, true));
+    w.expect("init", "app1", 80, false);
+    w.expect("app1", "init", 80, false);
+    w.import(L3_L4_DOCKER);
+    w.expect("init", "app1", 80, false);
+    // A rule may still select it explicitly.
+    w.import(
+        r#"[{"endpointSelector": {"matchLabels": {"reserved:init": ""}},
+             "egress": [{"toEndpoints": [{"matchLabels": {"id": "app1"}}]}]}]"#,
+    );
+    assert!(
+        w.engine
+            .policy(crate::identity::INIT)
+            .unwrap()
+            .egress
+            .enforcing
+    );
+    w.engine.set_mode(Enforcement::Never);
+    assert_eq!(w.enforcing("init"), (false, false));
+}
