@@ -122,6 +122,13 @@ pub struct AgentArgs {
     /// Docker integration off) [default: unix:///var/run/docker.sock]
     #[arg(long, env = "CILIUM_DOCKER", value_name = "ENDPOINT")]
     pub docker: Option<String>,
+    /// Serve Prometheus metrics on this address (`host:port`, e.g. `127.0.0.1:9090`)
+    /// [default: off]
+    #[arg(long, env = "CILIUM_PROMETHEUS_SERVE_ADDR", value_name = "ADDR")]
+    pub prometheus_serve_addr: Option<String>,
+    /// Log format: `text` or `json` [default: text]
+    #[arg(long, env = "CILIUM_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// Keys a config file may hold.
@@ -142,6 +149,8 @@ const FILE_KEYS: &[&str] = &[
     "kvstore",
     "bpf-root",
     "docker",
+    "prometheus-serve-addr",
+    "log-format",
 ];
 
 /// The effective configuration.
@@ -169,6 +178,18 @@ pub struct AgentConfig {
     pub bpf_root: Option<PathBuf>,
     /// The Docker API socket to watch (`--docker`); `None` turns the integration off.
     pub docker: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`--prometheus-serve-addr`); `None`: not at all.
+    pub prometheus_serve_addr: Option<std::net::SocketAddr>,
+    /// How log lines are written (`--log-format`).
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl AgentConfig {
@@ -191,6 +212,8 @@ impl AgentConfig {
             kvstore: "embedded".to_string(),
             bpf_root: None,
             docker: None,
+            prometheus_serve_addr: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -305,7 +328,33 @@ impl AgentArgs {
         let docker = docker_socket(
             text(self.docker, "docker").unwrap_or_else(|| DEFAULT_DOCKER.to_string()),
         )?;
+        let prometheus_serve_addr = match text(self.prometheus_serve_addr, "prometheus-serve-addr")
+            .filter(|a| !a.trim().is_empty())
+        {
+            None => None,
+            Some(addr) => Some(addr.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "prometheus-serve-addr",
+                reason: format!(
+                    "'{addr}' is not an address and port (e.g. 127.0.0.1:9090 or [::1]:9090)"
+                ),
+            })?),
+        };
+        let log_format = match text(self.log_format, "log-format")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log-format",
+                    reason: format!("'{other}' is not a log format (expected text or json)"),
+                })
+            }
+        };
         Ok(AgentConfig {
+            prometheus_serve_addr,
+            log_format,
             docker,
             enable_policy,
             label_filter,

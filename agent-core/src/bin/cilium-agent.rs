@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use agent_core::config::AgentArgs;
+use agent_core::config::{AgentArgs, LogFormat};
 use agent_core::daemon::Daemon;
 use clap::Parser;
 use tracing_subscriber::filter::LevelFilter;
@@ -27,14 +27,22 @@ fn main() -> ExitCode {
         }
     };
     let (filter, handle) = reload::Layer::new(level(config.debug));
+    let json = config.log_format == LogFormat::Json;
     tracing_subscriber::registry()
         .with(filter)
-        .with(
+        .with((!json).then(|| {
             fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
-                .with_target(false),
-        )
+                .with_target(false)
+        }))
+        .with(json.then(|| {
+            fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr)
+                .with_target(false)
+        }))
         .init();
     let debug_switch = Box::new(move |on: bool| {
         if let Err(e) = handle.reload(level(on)) {
