@@ -113,6 +113,15 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
             serde_json::from_str(&agent.cli(&["-o", "json", "endpoint", "get", by]).ok()).unwrap();
         assert_eq!(got.id, created.id, "lookup by {by}");
     }
+    let all = agent.cli(&["status", "--all"]).ok();
+    assert!(all.contains("Endpoints:         1 ("), "{all}");
+    assert!(
+        all.contains("Nodes:             1 (it-node, this node)"),
+        "{all}"
+    );
+    let all: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["-o", "json", "status", "--all"]).ok()).unwrap();
+    assert_eq!(all["endpoints"]["total"], 1, "{all}");
     // Label filter.
     let (status, body) = agent.http("GET", "/endpoint?labels=any:id=app1", None);
     assert_eq!(status, 200, "{body}");
@@ -132,6 +141,11 @@ fn allocate_reserve_release_and_endpoints_through_cli_and_http() {
     let gone = agent.cli(&["endpoint", "get", &id]);
     assert_eq!(gone.code, Some(1));
     assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+    assert!(
+        gone.stderr.contains("cilium endpoint list"),
+        "says what to do next: {}",
+        gone.stderr
+    );
 }
 
 #[test]
@@ -600,6 +614,15 @@ fn ipv6_only_agent() {
         "{printed}"
     );
     assert!(printed.contains("Node-IPv6: f00d::1"), "{printed}");
+}
+
+#[test]
+fn completion_scripts_need_no_agent() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = integration::cli(&["-H", "/nonexistent.sock", "completion", shell]);
+        assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains("cilium"), "{shell}");
+    }
 }
 
 #[test]

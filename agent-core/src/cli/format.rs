@@ -85,6 +85,61 @@ pub fn status(s: &StatusResponse) -> String {
     out
 }
 
+/// What `cilium status --all` shows: the status and what the agent holds.
+#[derive(Debug)]
+pub struct FullStatus {
+    pub status: StatusResponse,
+    pub endpoints: Vec<Endpoint>,
+    pub identities: usize,
+    pub policy_revision: u64,
+    pub config: DaemonConfigurationResponse,
+}
+
+impl FullStatus {
+    /// Endpoint counts by state, sorted by state name.
+    pub fn endpoint_states(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut states = std::collections::BTreeMap::new();
+        for e in &self.endpoints {
+            *states.entry(e.state.to_string()).or_insert(0) += 1;
+        }
+        states
+    }
+
+    /// `-o json`: the status with the extra sections.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.status).unwrap_or_default();
+        v["endpoints"] = serde_json::json!({
+            "total": self.endpoints.len(),
+            "by-state": self.endpoint_states(),
+        });
+        v["identities"] = self.identities.into();
+        v["policy-revision"] = self.policy_revision.into();
+        v["nodes"] = serde_json::json!([self.config.node_name]);
+        v
+    }
+}
+
+/// `cilium status --all`: the status, then endpoints by state, identities, the policy
+/// revision and the nodes.
+pub fn full_status(f: &FullStatus) -> String {
+    let mut out = status(&f.status);
+    let states: Vec<String> = f
+        .endpoint_states()
+        .iter()
+        .map(|(state, n)| format!("{state} {n}"))
+        .collect();
+    let by_state = if states.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", states.join(", "))
+    };
+    let _ = writeln!(out, "{:<19}{}{by_state}", "Endpoints:", f.endpoints.len());
+    let _ = writeln!(out, "{:<19}{}", "Identities:", f.identities);
+    let _ = writeln!(out, "{:<19}revision {}", "Policy:", f.policy_revision);
+    let _ = writeln!(out, "{:<19}1 ({}, this node)", "Nodes:", f.config.node_name);
+    out
+}
+
 /// The `Datapath:` line (state, pin path, message) and a compact summary of the counters:
 /// forwarded packets per direction, then every drop reason and direction that counted
 /// packets, by reason code; then the monitor events lost, if any.
@@ -613,6 +668,46 @@ pub(crate) mod tests {
             policy: None,
             options: Default::default(),
         }
+    }
+
+    #[test]
+    fn full_status_counts_endpoints_by_state() {
+        let mut waiting = endpoint(2, &[]);
+        waiting.state = EndpointState::WaitingForIdentity;
+        let full = FullStatus {
+            status: StatusResponse {
+                cilium: Status::new(StatusState::Ok, "2 endpoints"),
+                kvstore: Status::new(StatusState::Ok, "embedded"),
+                container_runtime: Status::new(StatusState::Disabled, ""),
+                kubernetes: Status::new(StatusState::Disabled, ""),
+                ipam: Default::default(),
+                version: "0.1.0".into(),
+                datapath: None,
+            },
+            endpoints: vec![endpoint(1, &["container:id=a"]), waiting],
+            identities: 4,
+            policy_revision: 3,
+            config: DaemonConfigurationResponse {
+                node_name: "n1".into(),
+                addressing: Default::default(),
+                configuration: Default::default(),
+            },
+        };
+        let out = full_status(&full);
+        assert!(
+            out.contains("Endpoints:         2 (ready 1, waiting-for-identity 1)"),
+            "{out}"
+        );
+        assert!(out.contains("Identities:        4"), "{out}");
+        assert!(out.contains("Policy:            revision 3"), "{out}");
+        assert!(
+            out.contains("Nodes:             1 (n1, this node)"),
+            "{out}"
+        );
+        let json = full.to_json();
+        assert_eq!(json["endpoints"]["by-state"]["ready"], 1);
+        assert_eq!(json["policy-revision"], 3);
+        assert_eq!(json["kvstore"]["state"], "Ok");
     }
 
     #[test]

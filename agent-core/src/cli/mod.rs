@@ -44,7 +44,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the health of the agent and the addresses it allocated
-    Status,
+    Status {
+        /// Also endpoints by state, identities, policy and nodes
+        #[arg(long)]
+        all: bool,
+    },
     /// Show the agent configuration, or change mutable options: `cilium config Debug=true`
     Config {
         /// OPTION=VALUE changes
@@ -66,6 +70,11 @@ pub enum Command {
     Bpf(bpf::BpfCommand),
     /// Print the client and agent versions
     Version,
+    /// Print a shell completion script: `source <(cilium completion bash)`
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,9 +193,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let client = Client::new(socket_path(cli.host.as_deref())?);
     let output = cli.output;
     match cli.command {
-        Command::Status => {
+        Command::Status { all: false } => {
             let status = client.healthz().await?;
             show(output, &status, format::status);
+        }
+        Command::Status { all: true } => {
+            let full = format::FullStatus {
+                status: client.healthz().await?,
+                endpoints: client.endpoint_list(&[]).await?,
+                identities: client.identity_list(&[]).await?.len(),
+                policy_revision: client.policy_get(&[]).await?.revision,
+                config: client.config().await?,
+            };
+            show(output, &full.to_json(), |_| format::full_status(&full));
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "cilium", &mut std::io::stdout());
         }
         Command::Config { changes } => {
             let config = if changes.is_empty() {
@@ -340,6 +363,15 @@ pub fn main() -> ExitCode {
 
 fn report(e: &CliError) {
     match e {
+        CliError::Client(ClientError::Connect { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            eprintln!("{e}");
+            eprintln!(
+                "The agent socket is root-only (mode 0660): run as root, or as a member of the \
+                 socket's group."
+            );
+        }
         CliError::Client(ClientError::Connect { .. }) => {
             eprintln!("{e}");
             eprintln!(
@@ -347,8 +379,32 @@ fn report(e: &CliError) {
                  CILIUM_SOCK at its socket."
             );
         }
-        CliError::Client(ClientError::Api { message, .. }) => eprintln!("Error: {message}"),
+        CliError::Client(ClientError::Api { status, message }) => {
+            eprintln!("Error: {message}");
+            if let Some(hint) = api_hint(*status) {
+                eprintln!("{hint}");
+            }
+        }
+        CliError::Usage(_) => {
+            eprintln!("Error: {e}");
+            eprintln!("See `cilium --help` and `cilium <command> --help`.");
+        }
         other => eprintln!("Error: {other}"),
+    }
+}
+
+/// What to do next after an API error with `status`.
+fn api_hint(status: u16) -> Option<&'static str> {
+    match status {
+        404 => Some(
+            "Check the id: `cilium endpoint list` and `cilium identity list` show what exists.",
+        ),
+        409 => Some("It is in use or being changed; look at it with `cilium endpoint list`."),
+        400 | 460 | 461 => Some("The request was refused as invalid: the message says which part."),
+        500..=599 => {
+            Some("The agent failed to carry it out: `cilium status` and the agent's log say more.")
+        }
+        _ => None,
     }
 }
 
@@ -397,6 +453,35 @@ mod tests {
         let cli = Cli::try_parse_from(["cilium", "-H", "unix:///x", "status"]).unwrap();
         assert_eq!(cli.host.as_deref(), Some("unix:///x"));
         assert!(Cli::try_parse_from(["cilium", "endpoint", "delete"]).is_err());
+    }
+
+    #[test]
+    fn completion_scripts_for_each_shell() {
+        for (shell, marker) in [
+            (clap_complete::Shell::Bash, "complete -F"),
+            (clap_complete::Shell::Zsh, "#compdef cilium"),
+            (clap_complete::Shell::Fish, "complete -c cilium"),
+        ] {
+            let cli = Cli::try_parse_from(["cilium", "completion", &shell.to_string()]).unwrap();
+            assert!(matches!(cli.command, Command::Completion { .. }));
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "cilium", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            assert!(script.contains(marker), "{shell}: {script}");
+            assert!(
+                script.contains("endpoint") && script.contains("policy"),
+                "{shell}"
+            );
+        }
+        assert!(Cli::try_parse_from(["cilium", "completion", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn api_errors_say_what_to_do_next() {
+        for status in [400, 404, 409, 500, 502] {
+            assert!(api_hint(status).is_some(), "{status}");
+        }
     }
 
     #[test]
