@@ -10,7 +10,7 @@
 #   CILIUM_CNI    binary to install (default: target/release/cilium-cni of this repository
 #                 if it exists, else target/debug/cilium-cni)
 #   LOOPBACK_SRC  loopback plugin to copy (default: /usr/lib/cni/loopback, Debian's
-#                 containernetworking-plugins)
+#                 containernetworking-plugins; empty: none)
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +18,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=${PREFIX:-}
 CNI_BIN_DIR=${CNI_BIN_DIR:-$PREFIX/opt/cni/bin}
 CNI_CONF_DIR=${CNI_CONF_DIR:-$PREFIX/etc/cni/net.d}
-LOOPBACK_SRC=${LOOPBACK_SRC:-/usr/lib/cni/loopback}
+LOOPBACK_SRC=${LOOPBACK_SRC-/usr/lib/cni/loopback}
 if [ -z "${CILIUM_CNI:-}" ]; then
     if [ -f "$repo/target/release/cilium-cni" ]; then
         CILIUM_CNI=$repo/target/release/cilium-cni
@@ -55,7 +55,7 @@ mkdir -p "$CNI_BIN_DIR" "$CNI_CONF_DIR"
 place "$CILIUM_CNI" 0755 "$CNI_BIN_DIR/cilium-cni"
 echo "Installed $CNI_BIN_DIR/cilium-cni"
 
-if [ ! -e "$CNI_BIN_DIR/loopback" ] && [ -f "$LOOPBACK_SRC" ]; then
+if [ ! -e "$CNI_BIN_DIR/loopback" ] && [ -n "$LOOPBACK_SRC" ] && [ -f "$LOOPBACK_SRC" ]; then
     place "$LOOPBACK_SRC" 0755 "$CNI_BIN_DIR/loopback"
     echo "Installed $CNI_BIN_DIR/loopback from $LOOPBACK_SRC"
 fi

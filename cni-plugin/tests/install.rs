@@ -20,6 +20,7 @@ fn script(name: &str, prefix: &Path, extra: &[(&str, &Path)]) -> Output {
     command
         .env_remove("CNI_BIN_DIR")
         .env_remove("CNI_CONF_DIR")
+        .env_remove("PURGE")
         .env("PREFIX", prefix)
         .env("CILIUM_CNI", BIN)
         .env("LOOPBACK_SRC", prefix.join("no-such-loopback"));
@@ -81,11 +82,78 @@ fn install_reinstall_keep_custom_config_uninstall() {
     assert_eq!(fs::read(&conf).unwrap(), custom);
     assert!(bin.exists());
 
-    script("cni-uninstall.sh", prefix, &[]);
+    // Uninstall keeps a config that differs from ours: the user wrote or changed it.
+    let removed = script("cni-uninstall.sh", prefix, &[]);
     assert!(!bin.exists());
+    assert_eq!(fs::read(&conf).unwrap(), custom);
+    assert!(
+        stdout(&removed).contains(&format!("Kept {}", conf.display())),
+        "{}",
+        stdout(&removed)
+    );
+    // PURGE=1 removes it too.
+    let purged = script("cni-uninstall.sh", prefix, &[("PURGE", Path::new("1"))]);
     assert!(!conf.exists());
+    assert_eq!(stdout(&purged), format!("Removed {}\n", conf.display()));
     let again = script("cni-uninstall.sh", prefix, &[]);
     assert_eq!(stdout(&again), "");
+}
+
+#[test]
+fn install_twice_keeps_a_modified_config() {
+    let prefix = tempfile::tempdir().unwrap();
+    let prefix = prefix.path();
+    let bin = prefix.join("opt/cni/bin/cilium-cni");
+    let conf = prefix.join("etc/cni/net.d/10-cilium.conf");
+    script("cni-install.sh", prefix, &[]);
+
+    let custom = br#"{"cniVersion":"1.0.0","name":"cilium","type":"cilium-cni","mtu":9000}"#;
+    fs::write(&conf, custom).unwrap();
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+    for _ in 0..2 {
+        // A stale binary is replaced each time; the config is not touched.
+        fs::write(&bin, b"old").unwrap();
+        let out = script("cni-install.sh", prefix, &[]);
+        assert!(
+            stdout(&out).contains(&format!("Using existing {}", conf.display())),
+            "{}",
+            stdout(&out)
+        );
+        assert_eq!(fs::read(&conf).unwrap(), custom);
+        assert_eq!(
+            fs::metadata(&conf).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read(&bin).unwrap(), fs::read(BIN).unwrap());
+    }
+}
+
+#[test]
+fn uninstall_removes_our_unchanged_config() {
+    let prefix = tempfile::tempdir().unwrap();
+    let prefix = prefix.path();
+    let conf = prefix.join("etc/cni/net.d/10-cilium.conf");
+    script("cni-install.sh", prefix, &[]);
+    let out = script("cni-uninstall.sh", prefix, &[]);
+    assert!(!conf.exists());
+    assert!(!prefix.join("opt/cni/bin/cilium-cni").exists());
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "Removed {}\nRemoved {}\n",
+            prefix.join("opt/cni/bin/cilium-cni").display(),
+            conf.display()
+        )
+    );
+}
+
+#[test]
+fn empty_loopback_source_installs_none() {
+    let prefix = tempfile::tempdir().unwrap();
+    let prefix = prefix.path();
+    script("cni-install.sh", prefix, &[("LOOPBACK_SRC", Path::new(""))]);
+    assert!(prefix.join("opt/cni/bin/cilium-cni").exists());
+    assert!(!prefix.join("opt/cni/bin/loopback").exists());
 }
 
 #[test]
