@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod kvstore;
 pub mod labels;
 pub mod link;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod options;

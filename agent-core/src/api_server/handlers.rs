@@ -166,7 +166,9 @@ where
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
-    let reply = match Route::parse(&path) {
+    let parsed = Route::parse(&path);
+    let timer = crate::metrics::RequestTimer::start(&method, parsed.as_ref().ok());
+    let reply = match parsed {
         Err(RouteError::NotFound) => error_reply(404, &format!("no such API path: {path}")),
         Err(RouteError::BadEncoding) => {
             error_reply(400, &format!("malformed percent-encoding in path {path}"))
@@ -205,6 +207,7 @@ where
             Err(f) => error_reply(f.status, &f.message),
         },
     };
+    timer.finish(reply.status().as_u16());
     tracing::debug!(%method, %path, status = reply.status().as_u16(), "api request");
     Ok(reply)
 }

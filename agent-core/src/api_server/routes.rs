@@ -162,7 +162,12 @@ impl Route {
 
     /// The entry of [`ROUTES`] this route belongs to.
     pub fn spec(&self) -> &'static RouteSpec {
-        let index = match self {
+        &ROUTES[self.index()]
+    }
+
+    /// The position of [`Route::spec`] in [`ROUTES`].
+    pub fn index(&self) -> usize {
+        match self {
             Route::Healthz => 0,
             Route::Config => 1,
             Route::Ipam => 2,
@@ -181,8 +186,7 @@ impl Route {
             Route::MapIpcache => 15,
             Route::MapCt => 16,
             Route::MapPolicy(_) => 17,
-        };
-        &ROUTES[index]
+        }
     }
 }
 

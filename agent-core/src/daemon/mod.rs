@@ -220,6 +220,22 @@ impl Agent {
         lock(&self.inner).endpoints.len()
     }
 
+    /// Endpoints by state, identities, policy revision and rules for `GET /metrics`
+    /// ([`crate::metrics`]).
+    pub fn metric_counts(&self) -> crate::metrics::AgentCounts {
+        let mut counts = crate::metrics::AgentCounts {
+            identities: self.identities.list().len() as u64,
+            ..Default::default()
+        };
+        let inner = lock(&self.inner);
+        for record in inner.endpoints.iter() {
+            counts.count_endpoint(record.state);
+        }
+        counts.policy_revision = inner.policy.revision();
+        counts.policy_rules = inner.policy.rule_count() as u64;
+        counts
+    }
+
     /// The node addressing lines printed at start.
     pub fn addressing_report(&self) -> String {
         let pool = |f| {
@@ -288,6 +304,26 @@ impl Agent {
             (
                 "config",
                 show(c.config_file.as_ref().map(|p| p.display().to_string())),
+            ),
+            (
+                "bpf-root",
+                show(c.bpf_root.as_ref().map(|p| p.display().to_string())),
+            ),
+            (
+                "docker",
+                show(c.docker.as_ref().map(|p| format!("unix://{}", p.display()))),
+            ),
+            (
+                "prometheus-serve-addr",
+                show(c.prometheus_serve_addr.map(|a| a.to_string())),
+            ),
+            (
+                "log-format",
+                match c.log_format {
+                    crate::config::LogFormat::Text => "text",
+                    crate::config::LogFormat::Json => "json",
+                }
+                .to_string(),
             ),
         ]
         .into_iter()

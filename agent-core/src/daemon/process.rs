@@ -1,5 +1,6 @@
-//! The agent process: binds the API socket, starts the [`Agent`], serves until SIGTERM or
-//! SIGINT, and removes the socket on the way out.
+//! The agent process: binds the API socket (and the metrics listener when
+//! `--prometheus-serve-addr` is given), starts the [`Agent`], serves until SIGTERM or SIGINT,
+//! and removes the socket on the way out.
 
 use std::sync::Arc;
 
@@ -8,12 +9,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{Agent, DebugSwitch, StartError};
 use crate::api_server::{ApiSocket, SocketError};
 use crate::config::AgentConfig;
+use crate::metrics::{MetricsError, MetricsListener};
 
 /// Errors that end the agent process.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error(transparent)]
     Start(#[from] StartError),
     #[error("cannot install signal handlers: {0}")]
@@ -25,19 +29,35 @@ pub enum RunError {
 pub struct Daemon {
     agent: Arc<Agent>,
     socket: ApiSocket,
+    /// The task serving `GET /metrics` (only with `--prometheus-serve-addr`).
+    metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
-    /// Binds the socket first (so a second agent fails before touching any state), then
-    /// starts the agent. Must run inside a tokio runtime.
+    /// Binds the socket first (so a second agent fails before touching any state), then the
+    /// metrics listener if asked for (no TCP listener otherwise), then starts the agent. Must
+    /// run inside a tokio runtime.
     pub fn start(config: AgentConfig, debug_switch: DebugSwitch) -> Result<Daemon, RunError> {
         let socket = ApiSocket::bind(&config.socket_path)?;
+        let metrics = config
+            .prometheus_serve_addr
+            .map(MetricsListener::bind)
+            .transpose()?;
         let agent = Arc::new(Agent::start(config, debug_switch)?);
         agent.start_datapath_maintenance();
         if let Some(docker) = agent.config().docker.clone() {
             crate::docker::spawn(Arc::clone(&agent), docker);
         }
-        Ok(Daemon { agent, socket })
+        let metrics = metrics.map(|listener| {
+            let address = listener.local_addr();
+            tracing::info!(%address, "serving Prometheus metrics on /metrics");
+            tokio::spawn(listener.serve(Arc::downgrade(&agent)))
+        });
+        Ok(Daemon {
+            agent,
+            socket,
+            metrics,
+        })
     }
 
     pub fn agent(&self) -> &Agent {
@@ -56,6 +76,9 @@ impl Daemon {
         };
         tracing::info!(socket = %self.socket.path().display(), "serving the API");
         self.socket.serve(self.agent, shutdown).await;
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
+        }
         Ok(())
     }
 }

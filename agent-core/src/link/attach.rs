@@ -81,17 +81,27 @@ fn node_route(ip: IpAddr, router: Option<&IpAddr>, oif: u32) -> Route {
     }
 }
 
+/// How long an attach waits for a container interface of its name to go away before it
+/// reports the name taken.
+const EXISTING_LINK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Builds the endpoint's plumbing. Fails, without leaving anything behind, if the container
 /// already has an interface of that name; a stale host-side link of the same name (from an
 /// attach that never finished) is replaced.
 pub fn attach(a: &Attachment<'_>) -> Result<Attached, LinkError> {
     let mut node = Rtnl::node()?;
     let mut inside = Rtnl::inside(a.netns)?;
-    if inside.link(a.container_name)?.is_some() {
-        return Err(LinkError::Exists {
-            name: a.container_name.to_string(),
-            place: a.netns.path().display().to_string(),
-        });
+    // A DEL of the previous endpoint in this netns is answered before its veth pair is gone
+    // (the teardown runs behind it): a link of that name may be about to disappear.
+    let deadline = std::time::Instant::now() + EXISTING_LINK_GRACE;
+    while inside.link(a.container_name)?.is_some() {
+        if std::time::Instant::now() >= deadline {
+            return Err(LinkError::Exists {
+                name: a.container_name.to_string(),
+                place: a.netns.path().display().to_string(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     if node.delete_link(a.host_name)? {
         tracing::info!(link = a.host_name, "removed a stale host-side link");
