@@ -49,6 +49,21 @@ impl OptionSet {
         }
     }
 
+    /// Switches with their default values.
+    pub fn with_defaults(defaults: &[(&'static str, bool)]) -> OptionSet {
+        OptionSet {
+            values: defaults.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        }
+    }
+
+    /// Adds the switches of `defaults` this set lacks (a set saved by an older version),
+    /// with their default values; existing values are kept.
+    pub fn fill_defaults(&mut self, defaults: &[(&'static str, bool)]) {
+        for (name, on) in defaults {
+            self.values.entry(name.to_string()).or_insert(*on);
+        }
+    }
+
     pub fn get(&self, name: &str) -> bool {
         self.values.get(name).copied().unwrap_or(false)
     }

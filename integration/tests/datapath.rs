@@ -357,6 +357,30 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
         "counters kept and counting across the restart: {list}"
     );
 
+    // Enforcement turned off for app1 alone, live, then on again.
+    let e1_id = e1.id.to_string();
+    let out = node
+        .agent
+        .cli(&["endpoint", "config", &e1_id, "Policy=false"])
+        .ok();
+    assert!(out.contains("Policy") && out.contains("Disabled"), "{out}");
+    assert!(
+        tcp_works(&c3.name, sa(v4(&e1), 80)),
+        "Policy=false on app1: app3 gets through"
+    );
+    let list = node.agent.cli(&["endpoint", "list"]).ok();
+    let row = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(e1_id.as_str()))
+        .unwrap_or_default();
+    assert!(row.contains("Disabled"), "{list}");
+    node.agent
+        .cli(&["endpoint", "config", &e1_id, "Policy=true"])
+        .ok();
+    assert!(
+        !tcp_works(&c3.name, sa(v4(&e1), 80)),
+        "Policy=true: denied again"
+    );
     // Deleting the policy restores everything.
     node.agent.cli(&["policy", "delete", "--all"]).ok();
     for ip in [v4(&e1), v6(&e1)] {

@@ -150,7 +150,12 @@ impl Agent {
         let policy = (identity != 0)
             .then(|| inner.policy.policy(identity))
             .flatten();
-        let (mut flags, policy) = policy_entries(record.id, policy.as_deref(), inner.policy.mode());
+        let (mut flags, policy) = if record.options.get("Policy") {
+            policy_entries(record.id, policy.as_deref(), inner.policy.mode())
+        } else {
+            // Enforcement turned off for this endpoint: no policy flags, no entries.
+            (0, Default::default())
+        };
         if record.options.get("Debug") {
             flags |= abi::EP_F_DEBUG;
         }

@@ -800,6 +800,9 @@ impl Agent {
             );
             updated.log(cilium_api::models::StatusCode::Ok, &message);
         }
+        let identity = updated.identity.as_ref().map_or(0, |i| i.id);
+        updated.policy_enabled = updated.options.get("Policy")
+            && inner.policy.policy(identity).is_some_and(|p| p.enforcing());
         let options = updated.options.to_map();
         self.save_endpoint(&mut inner, updated)?;
         Ok(options)

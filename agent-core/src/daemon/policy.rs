@@ -84,7 +84,7 @@ impl Agent {
         }
         let id = record.identity.as_ref().map_or(0, |i| i.id);
         let policy = inner.policy.policy(id).unwrap_or_default();
-        record.policy_enabled = policy.enforcing();
+        record.policy_enabled = policy.enforcing() && record.options.get("Policy");
         record.policy_revision = inner.policy.revision();
         let message = format!(
             "identity {id} resolved, policy revision {}",
@@ -178,7 +178,8 @@ impl Agent {
             .collect();
         for record in inner.endpoints.iter_mut() {
             if let Some(id) = record.identity.as_ref().map(|i| i.id) {
-                record.policy_enabled = enforcing.get(&id).copied().unwrap_or(false);
+                record.policy_enabled =
+                    enforcing.get(&id).copied().unwrap_or(false) && record.options.get("Policy");
                 record.policy_revision = revision;
             }
         }

@@ -51,6 +51,9 @@ pub(super) fn restore(
                 continue;
             }
         };
+        record
+            .options
+            .fill_defaults(crate::endpoint::ENDPOINT_OPTIONS);
         if record.id != id {
             let reason = format!("it holds endpoint {} but is named {id}.json", record.id);
             keep_warning(&mut warnings, state.move_aside(&path, reason))?;

@@ -22,7 +22,10 @@ use crate::options::OptionSet;
 use crate::timestamp;
 
 /// Mutable per-endpoint options.
-pub const ENDPOINT_OPTIONS: &[&str] = &["Debug"];
+///
+/// `Debug`: the datapath sends debug events for the endpoint; `Policy`: policy is enforced on
+/// it (off: everything to and from it is allowed, whatever the rules say).
+pub const ENDPOINT_OPTIONS: &[(&str, bool)] = &[("Debug", false), ("Policy", true)];
 
 /// Entries kept in an endpoint's status log.
 const STATUS_LOG_LEN: usize = 16;
@@ -164,7 +167,7 @@ impl EndpointRecord {
             identity: None,
             policy_enabled: false,
             policy_revision: 0,
-            options: OptionSet::new(ENDPOINT_OPTIONS),
+            options: OptionSet::with_defaults(ENDPOINT_OPTIONS),
         };
         check_addressing(&record.addressing)?;
         record.apply_fields(req)?;
