@@ -674,3 +674,35 @@ fn container_runtime_status_without_docker() {
     let out = agent.cli(&["status"]).ok();
     assert!(out.contains("ContainerRuntime:  Disabled"), "{out}");
 }
+
+#[test]
+fn json_log_lines() {
+    let dir = test_dir();
+    let mut agent = Agent::start(
+        dir.path(),
+        &AgentOptions {
+            args: vec![
+                "--log-format".into(),
+                "json".into(),
+                "--docker".into(),
+                String::new(),
+            ],
+            ..Default::default()
+        },
+    );
+    agent.cli(&["config", "Debug=true"]).ok();
+    agent.cli(&["status"]).ok();
+    agent.stop_with(Signal::SIGTERM);
+    let log = fs::read_to_string(&agent.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(
+        lines.iter().all(|l| l["level"].is_string()
+            && l["message"].is_string()
+            && l["timestamp"].is_string()),
+        "{log}"
+    );
+}
