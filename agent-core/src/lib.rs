@@ -19,5 +19,6 @@ pub mod netns;
 pub mod node;
 pub mod options;
 pub mod policy;
+pub mod service;
 pub mod state;
 pub mod timestamp;

@@ -16,6 +16,7 @@ use crate::timestamp;
 const LOCK_FILE: &str = "agent.lock";
 const IPAM_FILE: &str = "ipam.json";
 const POLICY_FILE: &str = "policy.json";
+const SERVICES_FILE: &str = "services.json";
 const ENDPOINTS_DIR: &str = "endpoints";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -103,6 +104,11 @@ impl StateDir {
     /// The policy repository (rules and revision).
     pub fn policy_path(&self) -> PathBuf {
         self.root.join(POLICY_FILE)
+    }
+
+    /// The services (load-balancing frontends and backends).
+    pub fn services_path(&self) -> PathBuf {
+        self.root.join(SERVICES_FILE)
     }
 
     pub fn endpoint_path(&self, id: u16) -> PathBuf {
@@ -205,6 +211,7 @@ impl StateDir {
     pub fn discard_all(&self) -> Result<(), StateError> {
         self.remove(&self.ipam_path())?;
         self.remove(&self.policy_path())?;
+        self.remove(&self.services_path())?;
         // The embedded kvstore (identities) lives here too.
         self.remove(&self.root.join("kvstore.json"))?;
         for (_, path) in self.endpoint_files()? {

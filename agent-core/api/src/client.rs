@@ -19,7 +19,8 @@ use crate::models::{
     BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfPolicyDump, ConfigurationMap,
     DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth, ErrorResponse,
     Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
-    MonitorEvent, PartialDelete, Policy, StatusResponse, TraceResult, TraceSelector,
+    MonitorEvent, PartialDelete, Policy, Service, ServiceSpec, StatusResponse, TraceResult,
+    TraceSelector,
 };
 use crate::{path, EndpointId, API_BASE};
 
@@ -400,6 +401,43 @@ impl Client {
     ) -> Result<TraceResult, ClientError> {
         Ok(self
             .call(Method::GET, "/policy/resolve", Some(json(selector)))
+            .await?
+            .1)
+    }
+}
+
+impl Client {
+    /// `GET /service`: every service, by id.
+    pub async fn service_list(&self) -> Result<Vec<Service>, ClientError> {
+        Ok(self.call(Method::GET, "/service", None).await?.1)
+    }
+
+    /// `GET /service/{id}` (404 when there is no such service).
+    pub async fn service_get(&self, id: u16) -> Result<Service, ClientError> {
+        Ok(self
+            .call(Method::GET, &format!("/service/{id}"), None)
+            .await?
+            .1)
+    }
+
+    /// `PUT /service/{id}`: creates or replaces a service. Returns whether it was created
+    /// (201) rather than updated (200), and the service as the agent accepted it. An invalid
+    /// frontend is a 460 API error, an invalid backend 461.
+    pub async fn service_put(
+        &self,
+        id: u16,
+        spec: &ServiceSpec,
+    ) -> Result<(bool, Service), ClientError> {
+        let (status, service) = self
+            .call(Method::PUT, &format!("/service/{id}"), Some(json(spec)))
+            .await?;
+        Ok((status == StatusCode::CREATED, service))
+    }
+
+    /// `DELETE /service/{id}`: returns the deleted service.
+    pub async fn service_delete(&self, id: u16) -> Result<Service, ClientError> {
+        Ok(self
+            .call(Method::DELETE, &format!("/service/{id}"), None)
             .await?
             .1)
     }
@@ -876,6 +914,53 @@ mod tests {
             agent2.requests()[0].1,
             "/v1/map/policy/pod-name:default%2Fweb"
         );
+    }
+
+    #[tokio::test]
+    async fn service_paths_and_created_flag() {
+        let reply = r#"{"spec":{"id":3,"frontend-address":{"ip":"10.0.0.1","port":80,
+            "protocol":"tcp"},"backend-addresses":[{"ip":"10.0.0.2","port":80,"weight":1}]}}"#;
+        let created = FakeAgent::start(201, reply);
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80,"protocol":"tcp"},
+                "backend-addresses":[{"ip":"10.0.0.2","port":80}]}"#,
+        )
+        .unwrap();
+        let (was_created, service) = created.client().service_put(3, &spec).await.unwrap();
+        assert!(was_created);
+        assert_eq!(service.spec.id, 3);
+        assert_eq!(service.status, None);
+        let (method, path, body) = created.requests().remove(0);
+        assert_eq!((method.as_str(), path.as_str()), ("PUT", "/v1/service/3"));
+        assert_eq!(serde_json::from_str::<ServiceSpec>(&body).unwrap(), spec);
+
+        let updated = FakeAgent::start(200, reply);
+        let client = updated.client();
+        assert!(!client.service_put(3, &spec).await.unwrap().0);
+        assert_eq!(client.service_get(3).await.unwrap().spec.id, 3);
+        assert_eq!(client.service_delete(3).await.unwrap().spec.id, 3);
+        let seen: Vec<(String, String)> = updated
+            .requests()
+            .into_iter()
+            .map(|(m, p, _)| (m, p))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("PUT".to_string(), "/v1/service/3".to_string()),
+                ("GET".to_string(), "/v1/service/3".to_string()),
+                ("DELETE".to_string(), "/v1/service/3".to_string()),
+            ]
+        );
+
+        let list = FakeAgent::start(200, "[]");
+        assert!(list.client().service_list().await.unwrap().is_empty());
+        assert_eq!(list.requests()[0].1, "/v1/service");
+
+        let refused = FakeAgent::start(461, r#"{"error":"invalid backend 10.0.0.2:0"}"#);
+        let err = refused.client().service_put(3, &spec).await.unwrap_err();
+        assert_eq!(err.status(), Some(461));
+        assert!(err.to_string().contains("invalid backend"), "{err}");
     }
 
     #[tokio::test]

@@ -716,6 +716,88 @@ pub struct PartialDelete {
     pub errors: u32,
 }
 
+/// Default weight of a backend that does not name one.
+pub const DEFAULT_BACKEND_WEIGHT: i64 = 1;
+
+fn default_backend_weight() -> i64 {
+    DEFAULT_BACKEND_WEIGHT
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The frontend of a service: the virtual address clients connect to (`L3n4Addr` of the
+/// 2017 agent). `ip` and `port` are checked by the agent, which answers 460 when they are
+/// not an address, a port 1-65535 or a protocol `tcp`, `udp` or `any`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendAddress {
+    pub ip: String,
+    pub port: i64,
+    /// `tcp`, `udp` or `any` (both); default `any`.
+    #[serde(default = "any_protocol")]
+    pub protocol: String,
+}
+
+/// One backend of a service: where connections to the frontend are sent. The protocol is
+/// the frontend's. The agent answers 461 when `ip` is not an address of the frontend's
+/// family, `port` is not 1-65535 or `weight` not 0-65535.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendAddress {
+    pub ip: String,
+    pub port: i64,
+    /// Relative share of new connections, 0-65535; default 1. Weight 0 drains the backend:
+    /// it keeps its connections but gets no new ones.
+    #[serde(default = "default_backend_weight")]
+    pub weight: i64,
+}
+
+/// Optional behaviour of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceFlags {
+    /// Frontend to backend translation is active.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub active_frontend: bool,
+    /// Backends answer clients directly: no reverse translation of replies.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub direct_server_return: bool,
+}
+
+/// Configuration of a service (body of `PUT /service/{id}`): a frontend and the weighted
+/// backends behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The service id, 1-65535; absent or 0 in a request means the id of the path.
+    #[serde(default)]
+    pub id: u16,
+    pub frontend_address: FrontendAddress,
+    #[serde(default)]
+    pub backend_addresses: Vec<BackendAddress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<ServiceFlags>,
+}
+
+/// What the datapath serves for a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub realized: ServiceSpec,
+}
+
+/// A service as the agent reports it (`GET /service[/{id}]`, and the reply of `PUT` and
+/// `DELETE`). `spec` is the configuration as accepted (addresses in canonical form, the
+/// protocol in lower case, default weights filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    /// Absent until the datapath serves the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,6 +816,47 @@ mod tests {
         for state in EndpointState::ALL {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[test]
+    fn service_spec_wire_names_and_defaults() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80},
+                "backend-addresses":[{"ip":"10.0.0.2","port":8080}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.id, 0);
+        assert_eq!(spec.frontend_address.protocol, "any");
+        assert_eq!(spec.backend_addresses[0].weight, DEFAULT_BACKEND_WEIGHT);
+        assert_eq!(spec.flags, None);
+        let spec = ServiceSpec {
+            id: 7,
+            flags: Some(ServiceFlags {
+                direct_server_return: true,
+                ..ServiceFlags::default()
+            }),
+            ..spec
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": 7,
+                "frontend-address": {"ip": "10.0.0.1", "port": 80, "protocol": "any"},
+                "backend-addresses": [{"ip": "10.0.0.2", "port": 8080, "weight": 1}],
+                "flags": {"direct-server-return": true}
+            })
+        );
+        for body in [
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80},"bogus":1}"#,
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80,"proto":"tcp"}}"#,
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80},
+                "backend-addresses":[{"ip":"10.0.0.2","port":80,"wieght":2}]}"#,
+            r#"{"frontend-address":{"ip":"10.0.0.1","port":80},"flags":{"dsr":true}}"#,
+        ] {
+            let err = serde_json::from_str::<ServiceSpec>(body).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
         }
     }
 

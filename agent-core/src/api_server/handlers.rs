@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cilium_api::models::{
     ConfigurationMap, EndpointChangeRequest, ErrorResponse, Family, LabelsModifier, PartialDelete,
-    TraceSelector,
+    ServiceSpec, TraceSelector,
 };
 use cilium_api::{EndpointId, MAX_BODY_BYTES};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -34,6 +34,7 @@ use crate::labels::Label;
 use crate::link::LinkError;
 use crate::netns::NetnsError;
 use crate::policy::PolicyError;
+use crate::service::ServiceError;
 
 /// The body of a reply: a whole JSON document, or the stream of `GET /monitor`.
 pub type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -114,6 +115,12 @@ pub fn status_of(e: &AgentError) -> u16 {
         AgentError::Datapath(e) => match e {
             DatapathError::Disabled(_) => 503,
             _ => 500,
+        },
+        AgentError::Service(e) => match e {
+            ServiceError::BadId(_) | ServiceError::IdMismatch { .. } => 400,
+            ServiceError::NotFound(_) => 404,
+            ServiceError::InvalidFrontend(_) => 460,
+            ServiceError::InvalidBackend { .. } => 461,
         },
     }
 }
@@ -304,6 +311,10 @@ fn label_filter(query: &str) -> Result<Vec<Label>, Failure> {
 fn endpoint_id(raw: &str) -> Result<EndpointId, Failure> {
     raw.parse::<EndpointId>()
         .map_err(|e| Failure::new(400, e.to_string()))
+}
+
+fn service_id(raw: &str) -> Result<u16, Failure> {
+    crate::service::parse_id(raw).map_err(|e| AgentError::from(e).into())
 }
 
 fn ip_param(raw: &str) -> Result<IpAddr, Failure> {
@@ -503,6 +514,25 @@ fn dispatch(
         (Route::MapPolicy(id), Method::GET) => {
             no_query(query)?;
             Ok(json_reply(200, &agent.bpf_policy(&endpoint_id(&id)?)?))
+        }
+        (Route::Services, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.service_list()))
+        }
+        (Route::Service(id), Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.service_get(service_id(&id)?)?))
+        }
+        (Route::Service(id), Method::PUT) => {
+            no_query(query)?;
+            let id = service_id(&id)?;
+            let spec: ServiceSpec = json_body(body, "a service specification")?;
+            let (created, service) = agent.service_upsert(id, spec)?;
+            Ok(json_reply(if created { 201 } else { 200 }, &service))
+        }
+        (Route::Service(id), Method::DELETE) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.service_delete(service_id(&id)?)?))
         }
         (route, method) => Err(Failure::new(
             405,

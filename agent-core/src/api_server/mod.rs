@@ -214,4 +214,6 @@ impl ApiSocket {
 }
 
 #[cfg(test)]
+mod service_tests;
+#[cfg(test)]
 mod tests;

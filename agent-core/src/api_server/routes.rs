@@ -86,6 +86,14 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/map/policy/{id}",
         methods: &[Method::GET],
     },
+    RouteSpec {
+        template: "/service",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/service/{id}",
+        methods: &[Method::GET, Method::PUT, Method::DELETE],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -114,6 +122,10 @@ pub enum Route {
     MapCt,
     /// The datapath's policy entries of one endpoint.
     MapPolicy(String),
+    /// Every service.
+    Services,
+    /// One service, by its id (not yet parsed).
+    Service(String),
 }
 
 /// Why a path did not resolve.
@@ -156,6 +168,8 @@ impl Route {
             ["map", "ipcache"] => Ok(Route::MapIpcache),
             ["map", "ct"] => Ok(Route::MapCt),
             ["map", "policy", id] => Ok(Route::MapPolicy(param(id)?)),
+            ["service"] => Ok(Route::Services),
+            ["service", id] => Ok(Route::Service(param(id)?)),
             _ => Err(RouteError::NotFound),
         }
     }
@@ -186,6 +200,8 @@ impl Route {
             Route::MapIpcache => 15,
             Route::MapCt => 16,
             Route::MapPolicy(_) => 17,
+            Route::Services => 18,
+            Route::Service(_) => 19,
         }
     }
 }
@@ -233,6 +249,11 @@ mod tests {
         );
         assert_eq!(Route::parse("/v1/monitor/").unwrap(), Route::Monitor);
         assert_eq!(Route::parse("/v1/map/ct").unwrap(), Route::MapCt);
+        assert_eq!(Route::parse("/v1/service/").unwrap(), Route::Services);
+        assert_eq!(
+            Route::parse("/v1/service/7").unwrap(),
+            Route::Service("7".into())
+        );
     }
 
     #[test]
@@ -251,6 +272,7 @@ mod tests {
             "/v1/map/policy/1/2",
             "/v1/map/tunnel",
             "/v1/monitor/drop",
+            "/v1/service/1/backends",
             "/healthz",
         ] {
             assert_eq!(Route::parse(p), Err(RouteError::NotFound), "{p}");

@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod format;
 pub mod monitor;
 pub mod policy;
+pub mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Manage the policy repository: import, get, delete, validate, wait, trace
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Manage load-balanced services: list, get, update, delete
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Print the datapath's events (drops, traces, debug messages) until Ctrl-C
     Monitor(monitor::MonitorArgs),
     /// Show the contents of the datapath's BPF maps
@@ -239,6 +243,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Endpoint(cmd) => return run_endpoint(&client, output, cmd).await,
         Command::Identity(cmd) => run_identity(&client, output, cmd).await?,
         Command::Policy(cmd) => return policy::run(&client, output, cmd).await,
+        Command::Service(cmd) => return service::run(&client, output, cmd).await,
         Command::Monitor(args) => return monitor::run(&client, output, args).await,
         Command::Bpf(cmd) => return bpf::run(&client, output, cmd).await,
     }
@@ -397,7 +402,8 @@ fn report(e: &CliError) {
 fn api_hint(status: u16) -> Option<&'static str> {
     match status {
         404 => Some(
-            "Check the id: `cilium endpoint list` and `cilium identity list` show what exists.",
+            "Check the id: `cilium endpoint list`, `cilium identity list` and `cilium service \
+             list` show what exists.",
         ),
         409 => Some("It is in use or being changed; look at it with `cilium endpoint list`."),
         400 | 460 | 461 => Some("The request was refused as invalid: the message says which part."),

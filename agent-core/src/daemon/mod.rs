@@ -8,6 +8,7 @@ mod policy;
 mod process;
 mod restore;
 mod runtime;
+mod service;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -68,6 +69,8 @@ pub enum AgentError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
 }
 
 impl From<LabelError> for AgentError {
@@ -109,6 +112,8 @@ struct Inner {
     policy: PolicyEngine,
     /// Identities of the prefixes the rules name.
     cidr_identities: BTreeMap<Cidr, u32>,
+    /// Load-balanced services (`daemon::service`).
+    services: crate::service::ServiceTable,
 }
 
 /// The agent of this node.
@@ -177,6 +182,7 @@ impl Agent {
                 attaching: HashSet::new(),
                 policy: engine,
                 cidr_identities: BTreeMap::new(),
+                services: Default::default(),
             })),
             kvstore,
             identities,
@@ -197,6 +203,7 @@ impl Agent {
             );
         }
         agent.restore_policy(&mut warnings)?;
+        agent.restore_services(&mut warnings)?;
         agent.reconcile_datapath(&mut warnings);
         agent.warnings = warnings;
         Ok(agent)
