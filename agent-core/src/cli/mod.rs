@@ -347,6 +347,13 @@ async fn run_identity(
 /// Entry point of the `cilium` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let topic = match &cli.command {
+        Command::Endpoint(_) => "endpoint",
+        Command::Identity(_) => "identity",
+        Command::Policy(_) => "policy",
+        Command::Service(_) => "service",
+        _ => "",
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,13 +367,13 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            report(&e);
+            report(&e, topic);
             ExitCode::FAILURE
         }
     }
 }
 
-fn report(e: &CliError) {
+fn report(e: &CliError, topic: &str) {
     match e {
         CliError::Client(ClientError::Connect { source, .. })
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -386,7 +393,7 @@ fn report(e: &CliError) {
         }
         CliError::Client(ClientError::Api { status, message }) => {
             eprintln!("Error: {message}");
-            if let Some(hint) = api_hint(*status) {
+            if let Some(hint) = api_hint(*status, topic) {
                 eprintln!("{hint}");
             }
         }
@@ -399,12 +406,15 @@ fn report(e: &CliError) {
 }
 
 /// What to do next after an API error with `status`.
-fn api_hint(status: u16) -> Option<&'static str> {
+fn api_hint(status: u16, topic: &str) -> Option<&'static str> {
     match status {
-        404 => Some(
-            "Check the id: `cilium endpoint list`, `cilium identity list` and `cilium service \
-             list` show what exists.",
-        ),
+        404 => Some(match topic {
+            "endpoint" => "Check the id: `cilium endpoint list` shows the endpoints.",
+            "identity" => "Check the id: `cilium identity list` shows the identities.",
+            "policy" => "Check the labels: `cilium policy get` shows the rules and their labels.",
+            "service" => "Check the id: `cilium service list` shows the services.",
+            _ => "Check the name or id: the `list` commands show what exists.",
+        }),
         409 => Some("It is in use or being changed; look at it with `cilium endpoint list`."),
         400 | 460 | 461 => Some("The request was refused as invalid: the message says which part."),
         500..=599 => {
@@ -486,8 +496,11 @@ mod tests {
     #[test]
     fn api_errors_say_what_to_do_next() {
         for status in [400, 404, 409, 500, 502] {
-            assert!(api_hint(status).is_some(), "{status}");
+            assert!(api_hint(status, "endpoint").is_some(), "{status}");
         }
+        assert!(api_hint(404, "policy")
+            .unwrap()
+            .contains("cilium policy get"));
     }
 
     #[test]
