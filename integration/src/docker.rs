@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::image::{busybox_applets, BUSYBOX};
-use crate::unique_name;
+use crate::{missing_ancestors, mounts_under, tail, text, unique_name};
 
 /// The daemon (Debian: `docker.io`).
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -96,23 +96,6 @@ fn host_paths_release() {
 /// again when empty.
 pub fn plugin_socket(name: &str) -> PathBuf {
     Path::new(PLUGIN_DIR).join(format!("{name}.sock"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// `path` and those of its ancestors that do not exist, deepest first.
-fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
-    path.ancestors()
-        .take_while(|p| p.symlink_metadata().is_err())
-        .map(Path::to_path_buf)
-        .collect()
 }
 
 /// Whether `pid` is a live process (not a zombie) whose command line mentions `marker`.
@@ -621,18 +604,7 @@ impl Dockerd {
 
     /// Mount points under our directory, deepest first.
     fn mounts(&self) -> Vec<String> {
-        let dir = self.dir.path().display().to_string();
-        let inside = format!("{dir}/");
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| *p == dir || p.starts_with(&inside))
-            .map(str::to_string)
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        points.dedup();
-        points
+        mounts_under(self.dir.path())
     }
 
     /// Unmounts everything under our directory (overlay mounts, netns bind mounts, the data

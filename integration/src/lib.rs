@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cni;
+pub mod containerd;
 pub mod docker;
 pub mod image;
 pub mod traffic;
@@ -102,6 +103,66 @@ pub fn run_ok(program: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Bytes a process wrote, as text (lossy).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `path` and those of its ancestors that do not exist, deepest first.
+pub(crate) fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
+    path.ancestors()
+        .take_while(|p| p.symlink_metadata().is_err())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Mount points at or under `dir` (from this process's mountinfo), deepest first.
+pub(crate) fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    let inside = format!("{dir}/");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| *p == dir || p.starts_with(&inside))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.dedup();
+    points
+}
+
+/// Waits up to `timeout` for a child to exit; `None` if it is still running.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child we started (SIGTERM by its pid, SIGKILL after 5 s) and reaps it.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        if wait_child(child, Duration::from_secs(5)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// How to start an agent.

@@ -12,416 +12,9 @@ use std::time::{Duration, Instant};
 
 use cilium_api::models::{Endpoint, StatusResponse};
 use integration::cni::Node;
+use integration::containerd::{CniPaths, Containerd, CNI_CACHE_DIR};
 use integration::image::{busybox_oci_tar, BUSYBOX, BUSYBOX_IMAGE};
-use integration::{bin, require_root, test_dir, unique_name, Netns};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-/// Upper bound for any single `ctr` call (via coreutils `timeout`), so a wedged daemon fails
-/// the test instead of hanging it.
-const CTR_TIMEOUT: &str = "60";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Kills a child we started (by its pid) and reaps it.
-fn stop_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        if wait_child(child, Duration::from_secs(5)).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// /etc/cni/net.d and /opt/cni/bin, owned for the duration of the test.
-
-/// Held by whoever owns the host's CNI paths, across processes.
-const CNI_PATHS_LOCK: &str = "/run/cilium-it-cni-paths.lock";
-const CNI_CONF_DIR: &str = "/etc/cni/net.d";
-const CNI_BIN_DIR: &str = "/opt/cni/bin";
-/// Where libcni caches ADD results (and reads them back for DEL).
-const CNI_CACHE_DIR: &str = "/var/lib/cni";
-
-/// One host path taken over: what was there is moved aside and comes back on drop.
-#[derive(Debug)]
-struct TakenPath {
-    path: PathBuf,
-    backup: Option<PathBuf>,
-    /// Ancestors that did not exist before, deepest first: removed again (when empty).
-    created: Vec<PathBuf>,
-}
-
-impl TakenPath {
-    /// Moves whatever is at `path` aside (if anything) and leaves a fresh empty directory.
-    fn take(path: &str) -> TakenPath {
-        let path = PathBuf::from(path);
-        let mut taken = TakenPath {
-            path: path.clone(),
-            backup: None,
-            created: Vec::new(),
-        };
-        if path.symlink_metadata().is_ok() {
-            let name = path.file_name().expect("file name").to_string_lossy();
-            let backup =
-                path.with_file_name(format!(".{name}.cilium-it-backup-{}", std::process::id()));
-            std::fs::rename(&path, &backup)
-                .unwrap_or_else(|e| panic!("move {} aside: {e}", path.display()));
-            taken.backup = Some(backup);
-        } else {
-            taken.created = missing_ancestors(&path);
-        }
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        taken
-    }
-}
-
-/// `path` and those of its ancestors that do not exist, deepest first.
-fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
-    path.ancestors()
-        .take_while(|p| p.symlink_metadata().is_err())
-        .map(Path::to_path_buf)
-        .collect()
-}
-
-impl Drop for TakenPath {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("cleanup: remove {}: {e}", self.path.display());
-        }
-        if let Some(backup) = &self.backup {
-            if let Err(e) = std::fs::rename(backup, &self.path) {
-                eprintln!(
-                    "cleanup: could not restore {} from {}: {e}",
-                    self.path.display(),
-                    backup.display()
-                );
-            }
-        }
-        for dir in &self.created {
-            // Only what is empty again: never anything someone else put there meanwhile.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-/// The CNI paths `ctr run --cni` reads, holding only cilium-cni (and loopback) and the node's
-/// configuration; restored exactly on drop. Also removes libcni's result cache if this test
-/// created it.
-#[derive(Debug)]
-struct CniPaths {
-    // Drop order: the paths are restored before the lock is released.
-    _conf: TakenPath,
-    _bin: TakenPath,
-    cache_created: Vec<PathBuf>,
-    _lock: File,
-}
-
-impl CniPaths {
-    fn install(node: &Node) -> CniPaths {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(CNI_PATHS_LOCK)
-            .unwrap_or_else(|e| panic!("{CNI_PATHS_LOCK}: {e}"));
-        lock.lock().expect("lock the CNI paths");
-        let cache_created = missing_ancestors(Path::new(CNI_CACHE_DIR));
-        let conf = TakenPath::take(CNI_CONF_DIR);
-        let bin_dir = TakenPath::take(CNI_BIN_DIR);
-        let config = node.config(Some("1.0.0"));
-        std::fs::write(
-            conf.path.join("10-cilium.conf"),
-            serde_json::to_string_pretty(&config).expect("json"),
-        )
-        .expect("write 10-cilium.conf");
-        std::fs::copy(bin("cilium-cni"), bin_dir.path.join("cilium-cni")).expect("copy cilium-cni");
-        let loopback = Path::new("/usr/lib/cni/loopback");
-        if loopback.exists() {
-            std::fs::copy(loopback, bin_dir.path.join("loopback")).expect("copy loopback");
-        }
-        CniPaths {
-            _conf: conf,
-            _bin: bin_dir,
-            cache_created,
-            _lock: lock,
-        }
-    }
-}
-
-impl Drop for CniPaths {
-    fn drop(&mut self) {
-        if let Some(top) = self.cache_created.last() {
-            let _ = std::fs::remove_dir_all(top);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A private containerd.
-
-/// A `containerd` with its own socket, root, state and config; on drop its containers and
-/// tasks are removed, the daemon is stopped, leftover mounts are unmounted, and the host
-/// paths containerd 1.6 insists on (`/run/containerd/s` for shim sockets, cgroups named
-/// after the namespace) are removed again.
-#[derive(Debug)]
-struct Containerd {
-    child: Option<Child>,
-    socket: PathBuf,
-    namespace: String,
-    /// overlayfs where containerd can use it, native (plain copies) otherwise.
-    snapshotter: String,
-    log: PathBuf,
-    run_created: Vec<PathBuf>,
-    // Last: removed after everything above is stopped and unmounted.
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let dir = test_dir();
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let config = format!(
-            r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{root}/containerd.sock"
-
-[ttrpc]
-  address = "{root}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-"#,
-            root = dir.path().display()
-        );
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).expect("write config.toml");
-        let run_created = missing_ancestors(Path::new("/run/containerd/s"));
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--root")
-            .arg(dir.path().join("root"))
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .arg("--address")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("containerd.out")).expect("stdout file"))
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn containerd");
-        let mut ctrd = Containerd {
-            child: Some(child),
-            socket,
-            namespace: format!("cilium-it-{}", std::process::id()),
-            snapshotter: String::new(),
-            log,
-            run_created,
-            dir,
-        };
-        ctrd.wait_ready();
-        ctrd.snapshotter = ctrd.pick_snapshotter();
-        ctrd
-    }
-
-    /// overlayfs if its plugin loaded (it needs a filesystem with d_type and overlay support
-    /// in the kernel), else native.
-    fn pick_snapshotter(&self) -> String {
-        let plugins = self.ctr_ok(&["plugins", "list"]);
-        let overlay_ok = plugins.lines().any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.first() == Some(&"io.containerd.snapshotter.v1")
-                && cols.get(1) == Some(&"overlayfs")
-                && cols.last() == Some(&"ok")
-        });
-        if overlay_ok {
-            "overlayfs".to_string()
-        } else {
-            eprintln!("containerd: overlayfs snapshotter unavailable, using native");
-            "native".to_string()
-        }
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("containerd exited early ({status}):\n{}", self.log());
-            }
-            if self.socket.exists() && self.ctr(&["version"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("containerd did not answer within 20 s:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `ctr` against this daemon and namespace, not yet run.
-    fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["--kill-after=5", CTR_TIMEOUT, "ctr", "--address"])
-            .arg(&self.socket)
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_command(args).output().expect("run ctr")
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed ({}):\n{}{}\n--- containerd log (tail)\n{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr),
-            tail(&self.log(), 30)
-        );
-        text(&out.stdout)
-    }
-
-    /// Ids of the containers in our namespace.
-    fn containers(&self) -> Vec<String> {
-        text(&self.ctr(&["containers", "list", "--quiet"]).stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Pids of the shims still running for our namespace.
-    fn shim_pids(&self) -> Vec<i32> {
-        let tasks = self
-            .path("state/io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        let Ok(entries) = std::fs::read_dir(tasks) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path().join("shim.pid")).ok())
-            .filter_map(|p| p.trim().parse().ok())
-            .collect()
-    }
-
-    /// Mount points under our directory, deepest first.
-    fn mounts(&self) -> Vec<String> {
-        let prefix = self.dir.path().display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(&prefix))
-            .map(str::to_string)
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        points.dedup();
-        points
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // Tasks and containers first: each task has a shim that outlives the daemon.
-        for id in self.containers() {
-            let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
-            let _ = self.ctr(&["tasks", "delete", "--force", &id]);
-            let _ = self.ctr(&["containers", "delete", &id]);
-        }
-        for pid in self.shim_pids() {
-            // A shim that survived (its task could not be deleted): ours, known by its pid file.
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                eprintln!("cleanup: killing leftover shim {pid}");
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child);
-        }
-        for point in self.mounts() {
-            eprintln!("cleanup: unmounting leftover {point}");
-            let ok = Command::new("umount")
-                .args(["-R", &point])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").args(["-R", "-l", &point]).status();
-            }
-        }
-        // runc's cgroups are `/<namespace>/<id>` in every hierarchy; it removes the inner one.
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let ns = h.path().join(&self.namespace);
-                if let Ok(inner) = std::fs::read_dir(&ns) {
-                    for c in inner.flatten().filter(|c| c.path().is_dir()) {
-                        let _ = std::fs::remove_dir(c.path());
-                    }
-                    let _ = std::fs::remove_dir(&ns);
-                }
-            }
-        }
-        for dir in &self.run_created {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use integration::{require_root, stop_child, tail, text, unique_name, wait_child, Netns};
 
 // ---------------------------------------------------------------------------------------------
 // Processes of the test.
@@ -458,7 +51,7 @@ impl<'a> Container<'a> {
             "--rm",
             "--cni",
             "--snapshotter",
-            &ctrd.snapshotter,
+            ctrd.snapshotter(),
             "--runc-root",
             &runc_root,
             "--fifo-dir",
@@ -470,8 +63,8 @@ impl<'a> Container<'a> {
         // Not through `timeout`: this one runs as long as the container does.
         let child = Command::new("ctr")
             .arg("--address")
-            .arg(&ctrd.socket)
-            .args(["--namespace", &ctrd.namespace])
+            .arg(ctrd.socket())
+            .args(["--namespace", ctrd.namespace()])
             .args(&args)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("ctr output file"))
@@ -594,7 +187,7 @@ fn ctr_run_cni_container_gets_address_traffic_and_release() {
     };
     let _paths = CniPaths::install(&node);
 
-    let ctrd = Containerd::start();
+    let ctrd = Containerd::start("cilium-it");
     let archive = busybox_oci_tar(&ctrd.path("image"));
     let archive = archive.display().to_string();
     let imported = ctrd.ctr_ok(&[
@@ -602,7 +195,7 @@ fn ctr_run_cni_container_gets_address_traffic_and_release() {
         "import",
         "--all-platforms",
         "--snapshotter",
-        &ctrd.snapshotter,
+        ctrd.snapshotter(),
         &archive,
     ]);
     println!("{}", imported.trim());
@@ -615,7 +208,7 @@ fn ctr_run_cni_container_gets_address_traffic_and_release() {
 
     let id = unique_name("ctr");
     // What ctr passes as CNI_CONTAINERID: `<namespace>-<id>`.
-    let full_id = format!("{}-{id}", ctrd.namespace);
+    let full_id = format!("{}-{id}", ctrd.namespace());
     let before = endpoints(&node).len();
     let mut container = Container::run(&ctrd, &id, &["/bin/sleep", "300"]);
 

@@ -9,12 +9,13 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use integration::cni::Node;
+use integration::containerd::{CniPathsLock, Containerd};
 use integration::image::BUSYBOX;
-use integration::{bin, require_root, test_dir, unique_name};
+use integration::{bin, require_root, test_dir, unique_name, wait_child};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -25,23 +26,6 @@ fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(name)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A script run to its end, in its own process group: on a timeout it gets SIGTERM (its
@@ -207,248 +191,8 @@ fn getting_started_mesos_example_runs() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// containerd: a private daemon (as in tests/containerd.rs), the host's CNI paths locked.
-
-/// Held while something may create, bind-mount over or move `/etc/cni/net.d` and
-/// `/opt/cni/bin` (the containerd test holds it too).
-const CNI_PATHS_LOCK: &str = "/run/cilium-it-cni-paths.lock";
-/// Where libcni caches ADD results (ctr writes there).
-const CNI_CACHE_DIR: &str = "/var/lib/cni";
-
-/// `path` and those of its ancestors that do not exist, deepest first.
-fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
-    path.ancestors()
-        .take_while(|p| p.symlink_metadata().is_err())
-        .map(Path::to_path_buf)
-        .collect()
-}
-
-/// The lock on the host's CNI paths; on drop also removes libcni's cache directory and
-/// (when empty) the mount points the walkthrough makes, if they did not exist before.
-struct CniPathsLock {
-    cache_created: Vec<PathBuf>,
-    mount_points_created: Vec<PathBuf>,
-    _lock: File,
-}
-
-impl CniPathsLock {
-    fn take() -> CniPathsLock {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(CNI_PATHS_LOCK)
-            .unwrap_or_else(|e| panic!("{CNI_PATHS_LOCK}: {e}"));
-        lock.lock().expect("lock the CNI paths");
-        let mut mount_points_created = missing_ancestors(Path::new("/etc/cni/net.d"));
-        mount_points_created.extend(missing_ancestors(Path::new("/opt/cni/bin")));
-        CniPathsLock {
-            cache_created: missing_ancestors(Path::new(CNI_CACHE_DIR)),
-            mount_points_created,
-            _lock: lock,
-        }
-    }
-}
-
-impl Drop for CniPathsLock {
-    fn drop(&mut self) {
-        if let Some(top) = self.cache_created.last() {
-            let _ = std::fs::remove_dir_all(top);
-        }
-        for dir in &self.mount_points_created {
-            // Only what is empty: never anything someone put there meanwhile.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-/// A `containerd` with its own socket, root, state and namespace; on drop its tasks and
-/// containers are removed, the daemon stopped, leftover shims, mounts and cgroups removed.
-struct Containerd {
-    child: Option<Child>,
-    socket: PathBuf,
-    namespace: String,
-    snapshotter: String,
-    log: PathBuf,
-    run_created: Vec<PathBuf>,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let dir = test_dir();
-        let root = dir.path().display().to_string();
-        let config = format!(
-            r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{root}/containerd.sock"
-
-[ttrpc]
-  address = "{root}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-"#
-        );
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).expect("write config.toml");
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let run_created = missing_ancestors(Path::new("/run/containerd/s"));
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--address")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn containerd");
-        let mut ctrd = Containerd {
-            child: Some(child),
-            socket,
-            namespace: format!("cilium-it-ex-{}", std::process::id()),
-            snapshotter: String::new(),
-            log,
-            run_created,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = ctrd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("containerd exited early ({status}):\n{}", ctrd.log());
-            }
-            if ctrd.socket.exists() && ctrd.ctr(&["version"]).status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer within 20 s:\n{}",
-                ctrd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let plugins = text(&ctrd.ctr(&["plugins", "list"]).stdout);
-        let overlay = plugins.lines().any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.first() == Some(&"io.containerd.snapshotter.v1")
-                && cols.get(1) == Some(&"overlayfs")
-                && cols.last() == Some(&"ok")
-        });
-        ctrd.snapshotter = if overlay { "overlayfs" } else { "native" }.to_string();
-        ctrd
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .args(["--kill-after=5", "60", "ctr", "--address"])
-            .arg(&self.socket)
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
-    }
-
-    fn containers(&self) -> Vec<String> {
-        text(&self.ctr(&["containers", "list", "--quiet"]).stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in self.containers() {
-            eprintln!("cleanup: removing leftover container {id}");
-            let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
-            let _ = self.ctr(&["tasks", "delete", "--force", &id]);
-            let _ = self.ctr(&["containers", "delete", &id]);
-        }
-        // Shims of tasks that could not be deleted: ours, known by their pid files.
-        let tasks = self
-            .path("state/io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        if let Ok(entries) = std::fs::read_dir(tasks) {
-            for e in entries.flatten() {
-                let pid = std::fs::read_to_string(e.path().join("shim.pid"))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok());
-                if let Some(pid) = pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
-                    eprintln!("cleanup: killing leftover shim {pid}");
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            if wait_child(&mut child, Duration::from_secs(5)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        let prefix = self.dir.path().display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(&prefix))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        points.dedup();
-        for point in points {
-            eprintln!("cleanup: unmounting leftover {point}");
-            let _ = Command::new("umount").args(["-R", "-l", point]).status();
-        }
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let ns = h.path().join(&self.namespace);
-                if let Ok(inner) = std::fs::read_dir(&ns) {
-                    for c in inner.flatten().filter(|c| c.path().is_dir()) {
-                        let _ = std::fs::remove_dir(c.path());
-                    }
-                    let _ = std::fs::remove_dir(&ns);
-                }
-            }
-        }
-        for dir in &self.run_created {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
+// containerd: a private daemon (as in tests/containerd.rs), the host's CNI paths locked (the
+// walkthrough bind-mounts NETCONFPATH and CNI_PATH on them in private mount namespaces).
 
 #[test]
 fn getting_started_containerd_example_runs() {
@@ -458,7 +202,7 @@ fn getting_started_containerd_example_runs() {
     // Dropped in reverse: containerd, the lock, the node.
     let node = Node::start("exc");
     let _paths = CniPathsLock::take();
-    let ctrd = Containerd::start();
+    let ctrd = Containerd::start("cilium-it-ex");
     let dir = test_dir();
     // NETCONFPATH with this node's cilium network configuration, CNI_PATH with the plugin.
     let netconf = dir.path().join("net.d");
@@ -477,9 +221,9 @@ fn getting_started_containerd_example_runs() {
     }
     let image = "docker.io/library/cilium-demo-busybox:latest";
     let with_ctrd = |cmd: &mut Command| {
-        cmd.env("CONTAINERD_ADDRESS", &ctrd.socket)
-            .env("CONTAINERD_NAMESPACE", &ctrd.namespace)
-            .env("CONTAINERD_SNAPSHOTTER", &ctrd.snapshotter)
+        cmd.env("CONTAINERD_ADDRESS", ctrd.socket())
+            .env("CONTAINERD_NAMESPACE", ctrd.namespace())
+            .env("CONTAINERD_SNAPSHOTTER", ctrd.snapshotter())
             .env("IMAGE", image);
     };
 
