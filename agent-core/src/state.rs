@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -36,6 +36,13 @@ pub enum StateError {
         lock.display()
     )]
     Locked { dir: PathBuf, lock: PathBuf },
+    #[error(
+        "state directory {} is writable by everyone (mode {mode:o}): another user could plant \
+         state the agent trusts; make it root-only (chmod 700 {})",
+        dir.display(),
+        dir.display()
+    )]
+    WorldWritable { dir: PathBuf, mode: u32 },
     #[error("state file {} is corrupt ({reason}); moved it to {}", path.display(), moved_to.display())]
     Corrupt {
         path: PathBuf,
@@ -65,6 +72,16 @@ pub struct StateDir {
 impl StateDir {
     /// Creates the directory (mode 0700) if needed and locks it.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        // An existing directory must not be writable by everyone (a new one is made 0700).
+        if let Ok(meta) = fs::metadata(root) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o002 != 0 {
+                return Err(StateError::WorldWritable {
+                    dir: root.to_path_buf(),
+                    mode,
+                });
+            }
+        }
         let endpoints = root.join(ENDPOINTS_DIR);
         fs::DirBuilder::new()
             .recursive(true)
@@ -271,6 +288,20 @@ mod tests {
     struct Sample {
         a: u32,
         b: String,
+    }
+
+    #[test]
+    fn a_world_writable_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, StateError::WorldWritable { mode: 0o777, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::open(tmp.path()).unwrap();
     }
 
     #[test]

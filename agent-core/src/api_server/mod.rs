@@ -27,6 +27,18 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Mode of the API socket: root and the socket's group only.
 pub const SOCKET_MODE: u32 = 0o660;
+/// Group given the API socket when it exists, so its members may use the CLI without root.
+pub const SOCKET_GROUP: &str = "cilium";
+
+/// Gives `path` the group `group` if such a group exists; `Ok(None)` when it does not.
+pub fn chgrp_if_exists(path: &Path, group: &str) -> io::Result<Option<u32>> {
+    let found = nix::unistd::Group::from_name(group).map_err(io::Error::from)?;
+    let Some(group) = found else {
+        return Ok(None);
+    };
+    std::os::unix::fs::chown(path, None, Some(group.gid.as_raw()))?;
+    Ok(Some(group.gid.as_raw()))
+}
 
 /// How long a client may take to send the request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,6 +164,11 @@ impl ApiSocket {
             std::os::unix::net::UnixListener::bind(&staging).map_err(io_err("bind", &staging))?;
         let placed = fs::set_permissions(&staging, fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(io_err("set mode of", &staging))
+            .and_then(|()| {
+                chgrp_if_exists(&staging, SOCKET_GROUP)
+                    .map(drop)
+                    .map_err(io_err("give the cilium group", &staging))
+            })
             .and_then(|()| {
                 if staging == path {
                     Ok(())

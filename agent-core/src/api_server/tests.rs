@@ -353,3 +353,22 @@ async fn datapath_routes_without_a_datapath() {
     assert!(c.endpoint_list(&[]).await.unwrap().is_empty());
     server.stop().await;
 }
+
+#[test]
+fn socket_group_is_given_when_the_group_exists() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // `daemon` (gid 1) exists on Debian; a group that does not exist changes nothing.
+    assert_eq!(
+        super::chgrp_if_exists(&path, "no-such-group-cilium-test").unwrap(),
+        None
+    );
+    let before = std::fs::metadata(&path).unwrap().gid();
+    if let Some(gid) = super::chgrp_if_exists(&path, "daemon").unwrap() {
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), gid);
+    } else {
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), before);
+    }
+}
