@@ -122,6 +122,14 @@ pub struct PolicyEngine {
     by_value: HashMap<(String, String), BTreeSet<u32>>,
     slots: Vec<Option<SelSlot>>,
     interned: HashMap<Sel, SelId>,
+    /// CIDR selector slots by their prefix (`except` aside), so a new CIDR identity is
+    /// matched against the selectors of the prefixes containing it only.
+    cidr_slots: HashMap<Cidr, BTreeSet<SelId>>,
+    /// Endpoint selector slots that keep a list of identities (not the empty selector).
+    endpoint_slots: BTreeSet<SelId>,
+    /// Identities by the prefixes of their `cidr:` labels, ordered by (family, first
+    /// address, length), so a new CIDR selector finds the identities inside it by range.
+    cidr_ids: BTreeMap<(bool, u128, u8), BTreeSet<u32>>,
     free: Vec<SelId>,
     subjects: BTreeMap<u32, Subject>,
     dependents: HashMap<SelId, BTreeSet<u32>>,
@@ -265,8 +273,25 @@ impl PolicyEngine {
                 .or_default()
                 .insert(id);
         }
-        for (sel_id, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot else { continue };
+        let prefixes = cidr_prefixes(&labels);
+        for p in &prefixes {
+            self.cidr_ids.entry(cidr_key(p)).or_default().insert(id);
+        }
+        // Candidates: every endpoint selector, and the CIDR selectors of the prefixes that
+        // contain one of the identity's.
+        let mut candidates: BTreeSet<SelId> = BTreeSet::new();
+        for p in &prefixes {
+            for len in 0..=p.prefix_len() {
+                let outer = Cidr::new_truncated(p.network(), len);
+                if let Some(slots) = self.cidr_slots.get(&outer) {
+                    candidates.extend(slots.iter().copied());
+                }
+            }
+        }
+        for &sel_id in self.endpoint_slots.iter().chain(candidates.iter()) {
+            let Some(Some(slot)) = self.slots.get_mut(sel_id) else {
+                continue;
+            };
             if let Selection::Ids(ids) = &mut slot.selection {
                 if slot.sel.matches(&labels) {
                     ids.insert(id);
@@ -412,6 +437,15 @@ impl PolicyEngine {
                 self.slots.len() - 1
             }
         };
+        match &sel {
+            Sel::Cidr(set) => {
+                self.cidr_slots.entry(set.cidr).or_default().insert(id);
+            }
+            Sel::Endpoint(s) if !s.is_empty() => {
+                self.endpoint_slots.insert(id);
+            }
+            Sel::Endpoint(_) => {}
+        }
         self.interned.insert(sel, id);
         id
     }
@@ -423,6 +457,15 @@ impl PolicyEngine {
         slot.refs -= 1;
         if slot.refs == 0 {
             if let Some(slot) = self.slots[id].take() {
+                if let Sel::Cidr(set) = &slot.sel {
+                    if let Some(slots) = self.cidr_slots.get_mut(&set.cidr) {
+                        slots.remove(&id);
+                        if slots.is_empty() {
+                            self.cidr_slots.remove(&set.cidr);
+                        }
+                    }
+                }
+                self.endpoint_slots.remove(&id);
                 self.interned.remove(&slot.sel);
             }
             self.free.push(id);
@@ -446,7 +489,16 @@ impl PolicyEngine {
                         .collect::<BTreeSet<u32>>()
                 })
                 .min_by_key(BTreeSet::len),
-            Sel::Cidr(_) => None,
+            Sel::Cidr(set) => {
+                let v6 = set.cidr.family() == cilium_api::models::Family::Ipv6;
+                Some(
+                    self.cidr_ids
+                        .range((v6, set.cidr.first(), 0)..=(v6, set.cidr.last(), u8::MAX))
+                        .filter(|((_, _, len), _)| *len >= set.cidr.prefix_len())
+                        .flat_map(|(_, ids)| ids.iter().copied())
+                        .collect(),
+                )
+            }
         };
         let ids = match candidates {
             Some(c) => c
@@ -505,6 +557,15 @@ impl PolicyEngine {
                 set.remove(&id);
                 if set.is_empty() {
                     self.by_value.remove(&key);
+                }
+            }
+        }
+        for p in cidr_prefixes(&labels) {
+            let key = cidr_key(&p);
+            if let Some(set) = self.cidr_ids.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.cidr_ids.remove(&key);
                 }
             }
         }
@@ -695,4 +756,22 @@ impl PolicyEngine {
         }
         DirectionTable::from_collected(true, collected)
     }
+}
+
+/// The prefixes of an identity's `cidr:` labels.
+fn cidr_prefixes(labels: &LabelSet) -> Vec<Cidr> {
+    labels
+        .iter()
+        .filter(|l| l.source == crate::labels::LabelSource::Cidr)
+        .filter_map(|l| l.key.parse().ok())
+        .collect()
+}
+
+/// A prefix's place in [`PolicyEngine::cidr_ids`].
+fn cidr_key(p: &Cidr) -> (bool, u128, u8) {
+    (
+        p.family() == cilium_api::models::Family::Ipv6,
+        p.first(),
+        p.prefix_len(),
+    )
 }

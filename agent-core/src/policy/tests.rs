@@ -932,3 +932,40 @@ fn init_identity_is_enforced_until_its_labels_are_known() {
     w.engine.set_mode(Enforcement::Never);
     assert_eq!(w.enforcing("init"), (false, false));
 }
+
+#[test]
+fn cidr_selection_is_the_same_whichever_comes_first() {
+    let policy = r#"[{"endpointSelector": {"matchLabels": {"id": "app1"}},
+        "egress": [
+            {"toCIDRSet": [{"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}]},
+            {"toCIDR": ["192.168.1.0/24", "f00d::/64"]}
+        ]}]"#;
+    let expected = [
+        ("10.1.2.3/32", true),
+        ("10.96.1.0/24", false),
+        ("10.0.0.0/8", true),
+        ("192.168.1.7/32", true),
+        ("192.168.0.0/16", false),
+        ("11.0.0.1/32", false),
+        ("f00d::1/128", true),
+        ("f00e::/16", false),
+    ];
+    for identities_first in [true, false] {
+        let mut w = World::new();
+        w.endpoint("app1", &["container:id=app1"]);
+        if identities_first {
+            for (p, _) in expected {
+                w.cidr(p);
+            }
+            w.import(policy);
+        } else {
+            w.import(policy);
+            for (p, _) in expected {
+                w.cidr(p);
+            }
+        }
+        for (p, allowed) in expected {
+            w.expect("app1", p, 80, allowed);
+        }
+    }
+}
