@@ -277,18 +277,7 @@ impl PolicyEngine {
         for p in &prefixes {
             self.cidr_ids.entry(cidr_key(p)).or_default().insert(id);
         }
-        // Candidates: every endpoint selector, and the CIDR selectors of the prefixes that
-        // contain one of the identity's.
-        let mut candidates: BTreeSet<SelId> = BTreeSet::new();
-        for p in &prefixes {
-            for len in 0..=p.prefix_len() {
-                let outer = Cidr::new_truncated(p.network(), len);
-                if let Some(slots) = self.cidr_slots.get(&outer) {
-                    candidates.extend(slots.iter().copied());
-                }
-            }
-        }
-        for &sel_id in self.endpoint_slots.iter().chain(candidates.iter()) {
+        for sel_id in self.candidate_slots(&prefixes) {
             let Some(Some(slot)) = self.slots.get_mut(sel_id) else {
                 continue;
             };
@@ -306,6 +295,21 @@ impl PolicyEngine {
             affected.insert(id);
         }
         Some(affected)
+    }
+
+    /// The selector slots that may select an identity with the `cidr:` prefixes `prefixes`:
+    /// every endpoint selector, and the CIDR selectors of the prefixes containing one of them.
+    fn candidate_slots(&self, prefixes: &[Cidr]) -> BTreeSet<SelId> {
+        let mut candidates = self.endpoint_slots.clone();
+        for p in prefixes {
+            for len in 0..=p.prefix_len() {
+                let outer = Cidr::new_truncated(p.network(), len);
+                if let Some(slots) = self.cidr_slots.get(&outer) {
+                    candidates.extend(slots.iter().copied());
+                }
+            }
+        }
+        candidates
     }
 
     /// Forgets an identity (released everywhere).
@@ -560,8 +564,9 @@ impl PolicyEngine {
                 }
             }
         }
-        for p in cidr_prefixes(&labels) {
-            let key = cidr_key(&p);
+        let prefixes = cidr_prefixes(&labels);
+        for p in &prefixes {
+            let key = cidr_key(p);
             if let Some(set) = self.cidr_ids.get_mut(&key) {
                 set.remove(&id);
                 if set.is_empty() {
@@ -569,11 +574,12 @@ impl PolicyEngine {
                 }
             }
         }
-        for (sel_id, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(SelSlot {
+        // Only a candidate slot can have selected it.
+        for sel_id in self.candidate_slots(&prefixes) {
+            if let Some(Some(SelSlot {
                 selection: Selection::Ids(ids),
                 ..
-            }) = slot
+            })) = self.slots.get_mut(sel_id)
             {
                 if ids.remove(&id) {
                     if let Some(d) = self.dependents.get(&sel_id) {
