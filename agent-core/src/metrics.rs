@@ -12,7 +12,6 @@
 //!   atomic additions into series allocated once ([`OnceLock`]): no lock per request.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -24,9 +23,6 @@ use bytes::Bytes;
 use cilium_api::models::{DatapathStatus, EndpointState, StatusState};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::api_server::routes::{Route, ROUTES};
@@ -37,9 +33,6 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// How long a scraper may take to send the request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upper bounds (seconds) of the latency buckets, `+Inf` implied: 0.5 ms (a `GET /healthz`)
 /// to 30 s (an endpoint create waiting on netlink and the kvstore).
@@ -592,31 +585,12 @@ impl MetricsListener {
 
     /// Serves `GET /metrics` for as long as the agent lives (the task is aborted at shutdown).
     pub async fn serve(self, agent: Weak<Agent>) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| {
-                            let agent = agent.clone();
-                            async move { Ok::<_, Infallible>(respond(&agent, &request).await) }
-                        });
-                        let served = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_READ_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!("metrics connection ended: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("accept on the metrics listener failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let handle = move |request: Request<hyper::body::Incoming>| {
+            let agent = agent.clone();
+            async move { respond(&agent, &request).await }
+        };
+        let forever = std::future::pending::<()>();
+        cilium_api::server::serve(&self.listener, "metrics listener", handle, forever).await;
     }
 }
 

@@ -2,22 +2,17 @@
 //! the [`Driver`]. The one place where driver errors become `{"Err": ...}` (IPAM:
 //! `{"Error": ...}`) replies.
 
-use std::convert::Infallible;
 use std::fs;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use tokio::net::UnixListener;
@@ -30,8 +25,6 @@ use crate::protocol::{error_reply_body, CONTENT_TYPE};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Mode of the plugin socket: root and the socket's group (Docker runs as root).
 pub const SOCKET_MODE: u32 = 0o660;
-/// How long a client may take to send the request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of setting up the plugin socket.
 #[derive(Debug, thiserror::Error)]
@@ -118,36 +111,11 @@ impl PluginSocket {
 
     /// Serves until `shutdown` completes, then stops accepting and removes the socket.
     pub async fn serve<A: Agent>(self, driver: Arc<Driver<A>>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let driver = Arc::clone(&driver);
-                        tokio::spawn(async move {
-                            let service = service_fn(move |request| {
-                                let driver = Arc::clone(&driver);
-                                async move { Ok::<_, Infallible>(handle(&driver, request).await) }
-                            });
-                            let served = http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(HEADER_READ_TIMEOUT)
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                            if let Err(e) = served {
-                                tracing::debug!("plugin connection ended: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept on the plugin socket failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
+        let handler = move |request| {
+            let driver = Arc::clone(&driver);
+            async move { handle(&driver, request).await }
+        };
+        cilium_api::server::serve(&self.listener, "plugin socket", handler, shutdown).await;
     }
 }
 
@@ -164,30 +132,6 @@ fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 fn error_reply(method: &str, status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     tracing::warn!(method, "{message}");
     reply(status, error_reply_body(method, message))
-}
-
-async fn read_body<B>(request: Request<B>) -> Result<Bytes, String>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let too_large = || format!("request body exceeds {MAX_BODY_BYTES} bytes");
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(format!("cannot read the request body: {e}")),
-    }
 }
 
 fn decode<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, DriverError> {
@@ -228,9 +172,9 @@ where
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let body = match read_body(request).await {
+    let body = match cilium_api::server::read_body(request, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(message) => return error_reply(&method, StatusCode::OK, &message),
+        Err(e) => return error_reply(&method, StatusCode::OK, &e.to_string()),
     };
     tracing::debug!(method, body = %String::from_utf8_lossy(&body), "call");
     let m = method.as_str();

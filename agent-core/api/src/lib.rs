@@ -6,6 +6,7 @@ pub mod client;
 pub mod endpoint_id;
 pub mod models;
 pub mod path;
+pub mod server;
 
 pub use client::{Client, ClientError};
 pub use endpoint_id::{EndpointId, EndpointIdError};

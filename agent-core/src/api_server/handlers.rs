@@ -14,10 +14,11 @@ use cilium_api::models::{
     ConfigurationMap, EndpointChangeRequest, ErrorResponse, Family, LabelsModifier, PartialDelete,
     ServiceSpec, TraceSelector,
 };
+use cilium_api::server::BodyError;
 use cilium_api::{EndpointId, MAX_BODY_BYTES};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -233,26 +234,12 @@ where
     B: Body,
     B::Error: Display + Send + Sync + 'static + std::error::Error,
 {
-    let too_large = || Failure::new(413, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
+    cilium_api::server::read_body(request, MAX_BODY_BYTES)
         .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Failure::new(
-            400,
-            format!("cannot read the request body: {e}"),
-        )),
-    }
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => Failure::new(413, e.to_string()),
+            BodyError::Read(_) => Failure::new(400, e.to_string()),
+        })
 }
 
 fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {

@@ -12,11 +12,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixListener;
 
 use crate::daemon::Agent;
@@ -39,9 +35,6 @@ pub fn chgrp_if_exists(path: &Path, group: &str) -> io::Result<Option<u32>> {
     std::os::unix::fs::chown(path, None, Some(group.gid.as_raw()))?;
     Ok(Some(group.gid.as_raw()))
 }
-
-/// How long a client may take to send the request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of setting up the API socket.
 #[derive(Debug, thiserror::Error)]
@@ -197,36 +190,16 @@ impl ApiSocket {
 
     /// Serves the API until `shutdown` completes, then removes the socket.
     pub async fn serve(self, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let agent = Arc::clone(&agent);
-                        tokio::spawn(async move {
-                            let service = service_fn(move |request| {
-                                let agent = Arc::clone(&agent);
-                                async move { handlers::handle(agent, request).await }
-                            });
-                            let served = http1::Builder::new()
-                                .timer(TokioTimer::new())
-                                .header_read_timeout(HEADER_READ_TIMEOUT)
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                            if let Err(e) = served {
-                                tracing::debug!("api connection ended: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept on the API socket failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+        let handle = move |request| {
+            let agent = Arc::clone(&agent);
+            async move {
+                match handlers::handle(agent, request).await {
+                    Ok(reply) => reply,
+                    Err(never) => match never {},
                 }
             }
-        }
+        };
+        cilium_api::server::serve(&self.listener, "API socket", handle, shutdown).await;
     }
 }
 

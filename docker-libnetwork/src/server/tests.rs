@@ -1,7 +1,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
-use http_body_util::Empty as EmptyBody;
+use http_body_util::{BodyExt, Empty as EmptyBody};
 use serde_json::{json, Value};
 
 use super::*;
