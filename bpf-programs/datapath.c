@@ -5,7 +5,8 @@
  *   from_container  lxc ingress: packets the container sends
  *   to_container    lxc egress:  packets going into the container
  * One loaded copy serves every endpoint; all per-endpoint state is in the maps the agent
- * fills (include/abi.h).
+ * fills (include/abi.h). Connections to a service frontend are load-balanced in
+ * from_container and their replies translated back in to_container (include/lb.h).
  */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -14,6 +15,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "frag.h"
+#include "lb.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -126,8 +128,9 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 				       int fam)
 {
 	struct endpoint_info *ep, *dst;
+	struct ct_entry *entry;
 	__u32 len = skb->len;
-	__u16 ep_flags, ep_id;
+	__u16 ep_flags, ep_id, rev_nat;
 	__u32 ep_identity;
 	struct pkt p = {};
 	__u8 action;
@@ -159,15 +162,23 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 			return drop(skb, c, ret);
 	}
 
+	now = bpf_ktime_get_ns();
+	/* A connection to a service: from here on p is the packet to its backend. */
+	ret = lb_egress(skb, c, fam, &p, len, now, ep_identity, &rev_nat);
+	if (ret)
+		return drop(skb, c, ret);
+
 	dst = lxc_lookup(fam, &p.daddr);
 	if (dst) {
 		c->dst_endpoint = dst->endpoint_id;
 		c->dst_identity = dst->identity;
 	}
 
-	now = bpf_ktime_get_ns();
-	ct = ct_lookup(fam, &p, CT_EGRESS, len, now);
+	ct = ct_lookup(fam, &p, CT_EGRESS, len, now, &entry);
 	emit_debug(skb, c, DBG_CT_LOOKUP, ct, 0);
+	/* The flow's tuple was used without the service before (or by another one). */
+	if (ct == CT_ESTABLISHED && rev_nat && entry->rev_nat != rev_nat)
+		entry->rev_nat = rev_nat;
 
 	/* Replies and related ICMP errors belong to a flow already admitted. */
 	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
@@ -180,7 +191,8 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 			if (ret)
 				return drop(skb, c, ret);
 		}
-		if (ct == CT_NEW && ct_create(fam, &p, CT_EGRESS, len, now, ep_identity) < 0)
+		if (ct == CT_NEW &&
+		    ct_create(fam, &p, CT_EGRESS, len, now, ep_identity, rev_nat) < 0)
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
 	}
 
@@ -222,6 +234,7 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 {
 	__u32 len = skb->len, remote = IDENTITY_UNKNOWN;
 	struct endpoint_info *ep;
+	struct ct_entry *entry;
 	__u16 ep_flags, ep_id;
 	struct pkt p = {};
 	__u8 action;
@@ -263,8 +276,15 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	}
 
 	now = bpf_ktime_get_ns();
-	ct = ct_lookup(fam, &p, CT_INGRESS, len, now);
+	ct = ct_lookup(fam, &p, CT_INGRESS, len, now, &entry);
 	emit_debug(skb, c, DBG_CT_LOOKUP, ct, 0);
+
+	/* A reply from a service's backend: its source becomes the frontend again. */
+	if (ct == CT_REPLY && entry->rev_nat) {
+		ret = lb_rev_nat(skb, c, fam, &p, entry->rev_nat);
+		if (ret)
+			return drop(skb, c, ret);
+	}
 
 	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
 		/* The source identity: for the policy, and as the initiator of a new entry. */
@@ -278,7 +298,7 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 			if (ret)
 				return drop(skb, c, ret);
 		}
-		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote) < 0)
+		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote, 0) < 0)
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
 	}
 

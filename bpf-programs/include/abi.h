@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define DATAPATH_ABI 2
+#define DATAPATH_ABI 3
 
 /* Reserved identities. */
 #define IDENTITY_UNKNOWN 0
@@ -107,6 +107,10 @@ struct policy_value {
 #define CT_MAP_SIZE 262144
 #define CT_EGRESS 2
 #define CT_INGRESS 1
+/* A service connection as the client sent it (client -> frontend), written by from-container
+ * when it picks a backend: rev_nat = the service id, backend_id = the backend. Later packets
+ * of the connection go to the same backend while it is still one of the service's. */
+#define CT_SERVICE 3
 
 struct ct4_key {
 	__u32 saddr;
@@ -146,11 +150,64 @@ struct ct_entry {
 	__u64 rx_bytes;
 	__u32 src_identity; /* identity of the initiator */
 	__u16 flags;        /* CT_F_* */
-	__u16 rev_nat;      /* service reverse translation (services); 0 = none */
+	__u16 rev_nat;      /* service id whose frontend replies are translated back to; 0 = none */
 	__u16 proxy_port;   /* L7 proxy port, network order; 0 = none */
 	__u16 pad;
-	__u32 pad2;
+	__u32 backend_id;   /* CT_SERVICE entries: the backend chosen for the connection */
 };
+
+/* ---- Services (load balancing). A connection from an endpoint to a frontend gets a backend
+ * on its first packet (cilium_lb_svc -> the next slot of cilium_lb_slots -> cilium_lb_backends),
+ * recorded in a CT_SERVICE entry; its packets are rewritten to the backend (DNAT) and the
+ * replies back to the frontend (rev-NAT through the conntrack entry's rev_nat). */
+
+/* cilium_lb_svc: HASH, one entry per frontend and protocol (a frontend of protocol "any" has
+ * one for TCP and one for UDP). */
+#define LB_SVC_MAP_SIZE 131072
+struct lb_svc_key {
+	__u8 ip[16];  /* IPv4 in the first 4 bytes, the rest zero */
+	__be16 dport; /* network order */
+	__u8 proto;   /* IPPROTO_TCP | IPPROTO_UDP */
+	__u8 family;  /* FAMILY_IPV4 | FAMILY_IPV6 */
+};
+
+struct lb_svc_value {
+	__u16 svc_id; /* the service id (1-65535), also its rev-NAT index */
+	__u16 slots;  /* slots of the current table; 0 = no backend takes new connections */
+	__u8 gen;     /* the table in use: slot keys gen << 15 | index */
+	__u8 pad[3];
+	__u32 next;   /* new connections so far: the next one takes slot next % slots */
+};
+
+/* cilium_lb_slots: HASH (BPF_F_NO_PREALLOC), lb_slot_key -> backend id. A service's table
+ * lists each backend as many times as its weight share (LB_MAX_SLOTS at most), interleaved
+ * (smooth weighted round robin), and new connections take the slots in turn. The agent
+ * writes a new table under the other gen, switches the service entry to it, then removes
+ * the old one, so a lookup always sees one whole table. */
+#define LB_SLOTS_MAP_SIZE 1048576
+#define LB_MAX_SLOTS 1024
+#define LB_SLOT_GEN 0x8000
+struct lb_slot_key {
+	__u16 svc_id;
+	__u16 slot; /* gen << 15 | index */
+};
+
+/* cilium_lb_backends: HASH, backend id -> backend. An id stands for one backend of one
+ * service (the same address in two services has two ids), so removing a backend from a
+ * service invalidates exactly its connections of that service. */
+#define LB_BACKENDS_MAP_SIZE 262144
+struct lb_backend {
+	__u8 ip[16];
+	__be16 port; /* network order */
+	__u8 family;
+	__u8 pad;
+	__u16 svc_id; /* the service it belongs to */
+	__u16 pad2;
+};
+
+/* cilium_lb_revnat: HASH, service id (__u16) -> its frontend (svc_id = the id), the source
+ * that replies of its connections get back. */
+#define LB_REVNAT_MAP_SIZE 65536
 
 /* ---- cilium_frag4 / cilium_frag6: LRU_HASH, the L4 ports of the first fragment, for the
  * fragments that follow it. */
@@ -207,6 +264,8 @@ struct config_value {
 #define DBG_POLICY 2       /* arg1 = remote identity, arg2 = action (0 = denied) */
 #define DBG_ICMP6_ND 3     /* arg1 = ICMPv6 type passed to the stack */
 #define DBG_FRAG 4         /* arg1 = fragment id, arg2 = 1 found / 0 not found */
+#define DBG_LB 5           /* arg1 = service id, arg2 = backend id (0 = none) */
+#define DBG_REV_NAT 6      /* arg1 = service id whose frontend a reply gets back */
 
 #define EVENT_DATA_LEN 128
 struct event {

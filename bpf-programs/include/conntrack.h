@@ -103,12 +103,15 @@ static __always_inline void ct_update(struct ct_entry *e, const struct pkt *p, i
 }
 
 /* Classifies the packet for the program of direction dir (CT_EGRESS in from-container,
- * CT_INGRESS in to-container) and updates the entry it matched. */
-static __always_inline int ct_lookup(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now)
+ * CT_INGRESS in to-container) and updates the entry it matched; *entry is that entry for
+ * CT_ESTABLISHED and CT_REPLY, else NULL. */
+static __always_inline int ct_lookup(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
+				     struct ct_entry **entry)
 {
 	__u8 rdir = ct_other_dir(dir);
 	struct ct_entry *e;
 
+	*entry = NULL;
 	if (p->icmp_err) {
 		/* The quoted packet went the opposite way of the error: it is either an original
 		 * packet as the other program recorded it, or, reversed, one of ours. */
@@ -125,30 +128,21 @@ static __always_inline int ct_lookup(int fam, const struct pkt *p, __u8 dir, __u
 	e = ct_find(fam, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, dir);
 	if (ct_live(e, now)) {
 		ct_update(e, p, 0, len, now);
+		*entry = e;
 		return CT_ESTABLISHED;
 	}
 	e = ct_find(fam, &p->daddr, &p->saddr, p->dport, p->sport, p->proto, rdir);
 	if (ct_live(e, now)) {
 		ct_update(e, p, 1, len, now);
+		*entry = e;
 		return CT_REPLY;
 	}
 	return CT_NEW;
 }
 
-/* 0, or < 0 when the entry could not be written. */
-static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
-				     __u32 src_identity)
+/* Writes e for the packet's tuple with dir; 0, or < 0 when the entry could not be written. */
+static __always_inline int ct_write(int fam, const struct pkt *p, __u8 dir, const struct ct_entry *e)
 {
-	struct ct_entry e = {
-		.tx_packets = 1,
-		.tx_bytes = len,
-		.src_identity = src_identity,
-	};
-
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-		e.flags = CT_F_TX_CLOSING;
-	e.expires = now + ct_lifetime(p->proto, e.flags) * NSEC_PER_SEC;
-
 	if (fam == FAMILY_IPV4) {
 		struct ct4_key k = {
 			.saddr = p->saddr.v4,
@@ -159,7 +153,7 @@ static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u
 			.dir = dir,
 		};
 
-		return bpf_map_update_elem(&cilium_ct4, &k, &e, BPF_ANY);
+		return bpf_map_update_elem(&cilium_ct4, &k, e, BPF_ANY);
 	} else {
 		struct ct6_key k = {
 			.sport = p->sport,
@@ -170,8 +164,47 @@ static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u
 
 		__builtin_memcpy(k.saddr, p->saddr.v6, 16);
 		__builtin_memcpy(k.daddr, p->daddr.v6, 16);
-		return bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
+		return bpf_map_update_elem(&cilium_ct6, &k, e, BPF_ANY);
 	}
+}
+
+/* A new flow in direction dir; rev_nat = the service whose frontend its replies get back as
+ * source (0 = none). 0, or < 0 when the entry could not be written. */
+static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
+				     __u32 src_identity, __u16 rev_nat)
+{
+	struct ct_entry e = {
+		.tx_packets = 1,
+		.tx_bytes = len,
+		.src_identity = src_identity,
+		.rev_nat = rev_nat,
+	};
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		e.flags = CT_F_TX_CLOSING;
+	e.expires = now + ct_lifetime(p->proto, e.flags) * NSEC_PER_SEC;
+	return ct_write(fam, p, dir, &e);
+}
+
+/* The CT_SERVICE entry of a connection to a frontend (the packet's tuple is still client ->
+ * frontend). Only the client's packets refresh it, so it counts as having seen a reply: a
+ * TCP connection keeps its backend for the established lifetime, until a FIN or RST. */
+static __always_inline int ct_create_service(int fam, const struct pkt *p, __u32 len, __u64 now,
+					     __u32 src_identity, __u16 svc_id, __u32 backend_id)
+{
+	struct ct_entry e = {
+		.tx_packets = 1,
+		.tx_bytes = len,
+		.src_identity = src_identity,
+		.rev_nat = svc_id,
+		.backend_id = backend_id,
+		.flags = CT_F_SEEN_REPLY,
+	};
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		e.flags |= CT_F_TX_CLOSING;
+	e.expires = now + ct_lifetime(p->proto, e.flags) * NSEC_PER_SEC;
+	return ct_write(fam, p, CT_SERVICE, &e);
 }
 
 #endif /* CDP_CONNTRACK_H */

@@ -16,6 +16,11 @@ _Static_assert(sizeof(struct policy_value) == 24, "policy_value");
 _Static_assert(sizeof(struct ct4_key) == 16, "ct4_key");
 _Static_assert(sizeof(struct ct6_key) == 40, "ct6_key");
 _Static_assert(sizeof(struct ct_entry) == 56, "ct_entry");
+_Static_assert(sizeof(struct lb_svc_key) == 20, "lb_svc_key");
+_Static_assert(sizeof(struct lb_svc_value) == 12, "lb_svc_value");
+_Static_assert(sizeof(struct lb_slot_key) == 4, "lb_slot_key");
+_Static_assert(sizeof(struct lb_backend) == 24, "lb_backend");
+_Static_assert(LB_MAX_SLOTS <= LB_SLOT_GEN, "slot index and gen bit");
 _Static_assert(sizeof(struct frag4_key) == 12, "frag4_key");
 _Static_assert(sizeof(struct frag6_key) == 40, "frag6_key");
 _Static_assert(sizeof(struct frag_ports) == 4, "frag_ports");
@@ -68,6 +73,42 @@ struct {
 	__type(value, struct ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_ct6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_SVC_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_svc_key);
+	__type(value, struct lb_svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_SLOTS_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_slot_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_BACKENDS_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_REVNAT_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);
+	__type(value, struct lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_revnat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::models::{
-    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfPolicyDump, ConfigurationMap,
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump, ConfigurationMap,
     DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth, ErrorResponse,
     Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
     MonitorEvent, PartialDelete, Policy, Service, ServiceSpec, StatusResponse, TraceResult,
@@ -457,6 +457,11 @@ impl Client {
     /// `GET /map/ct`: the datapath's conntrack entries (`cilium bpf ct list global`).
     pub async fn bpf_ct_list(&self) -> Result<Vec<BpfCtEntry>, ClientError> {
         Ok(self.call(Method::GET, "/map/ct", None).await?.1)
+    }
+
+    /// `GET /map/lb`: the datapath's service frontends and backends (`cilium bpf lb list`).
+    pub async fn bpf_lb_list(&self) -> Result<Vec<BpfLbEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/map/lb", None).await?.1)
     }
 
     /// `GET /map/policy/{id}`: the datapath's policy entries of an endpoint, with their

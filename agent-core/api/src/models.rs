@@ -242,6 +242,38 @@ pub struct BpfCtEntry {
     /// "seen-reply", "tx-closing", "rx-closing".
     #[serde(default)]
     pub flags: Vec<String>,
+    /// The service whose frontend replies get back as source ("service" entries: the
+    /// service the connection went to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev_nat: Option<u16>,
+    /// "service" entries: the backend id the connection goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_id: Option<u32>,
+}
+
+/// One frontend of the datapath's load-balancing maps (`cilium bpf lb list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfLbEntry {
+    /// `ip:port` (`[ip]:port` for IPv6).
+    pub frontend: String,
+    /// "TCP" or "UDP".
+    pub protocol: String,
+    pub service_id: u16,
+    /// Slots of the service's table: new connections pick one at random.
+    pub slots: usize,
+    #[serde(default)]
+    pub backends: Vec<BpfLbBackend>,
+}
+
+/// A backend of a [`BpfLbEntry`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfLbBackend {
+    pub address: String,
+    pub backend_id: u32,
+    /// Its slots (0: it keeps its connections but takes no new ones).
+    pub slots: usize,
 }
 
 /// The addressing of one family on this node.

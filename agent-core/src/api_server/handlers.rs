@@ -498,6 +498,10 @@ fn dispatch(
             no_query(query)?;
             Ok(json_reply(200, &agent.bpf_ct()?))
         }
+        (Route::MapLb, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_lb()?))
+        }
         (Route::MapPolicy(id), Method::GET) => {
             no_query(query)?;
             Ok(json_reply(200, &agent.bpf_policy(&endpoint_id(&id)?)?))

@@ -94,6 +94,10 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/service/{id}",
         methods: &[Method::GET, Method::PUT, Method::DELETE],
     },
+    RouteSpec {
+        template: "/map/lb",
+        methods: &[Method::GET],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -122,6 +126,7 @@ pub enum Route {
     MapCt,
     /// The datapath's policy entries of one endpoint.
     MapPolicy(String),
+    MapLb,
     /// Every service.
     Services,
     /// One service, by its id (not yet parsed).
@@ -168,6 +173,7 @@ impl Route {
             ["map", "ipcache"] => Ok(Route::MapIpcache),
             ["map", "ct"] => Ok(Route::MapCt),
             ["map", "policy", id] => Ok(Route::MapPolicy(param(id)?)),
+            ["map", "lb"] => Ok(Route::MapLb),
             ["service"] => Ok(Route::Services),
             ["service", id] => Ok(Route::Service(param(id)?)),
             _ => Err(RouteError::NotFound),
@@ -202,6 +208,7 @@ impl Route {
             Route::MapPolicy(_) => 17,
             Route::Services => 18,
             Route::Service(_) => 19,
+            Route::MapLb => 20,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `cilium bpf endpoint|ipcache|ct|policy list`: the contents of the datapath's maps as the
+//! `cilium bpf endpoint|ipcache|ct|policy|lb list`: the contents of the datapath's maps as the
 //! agent reads them (`GET /map/...`), and their text layouts (2017 forms, seed and internals
 //! §4 and §6). Every command takes `-o json` and then prints the API's JSON.
 
@@ -7,7 +7,9 @@ use std::fmt::Write;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use cilium_api::models::{BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfPolicyDump};
+use cilium_api::models::{
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump,
+};
 use cilium_api::Client;
 use clap::Subcommand;
 
@@ -28,6 +30,9 @@ pub enum BpfCommand {
     /// The policy entries of an endpoint, with their packet counters
     #[command(subcommand)]
     Policy(PolicyMapCommand),
+    /// The load-balancing maps: service frontends and the backends they spread over
+    #[command(subcommand)]
+    Lb(MapList),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +75,10 @@ pub async fn run(client: &Client, output: Output, cmd: BpfCommand) -> Result<Exi
         BpfCommand::Ct(CtCommand::List { .. }) => {
             let entries = client.bpf_ct_list().await?;
             show(output, &entries, |e| ct_list(e));
+        }
+        BpfCommand::Lb(MapList::List) => {
+            let entries = client.bpf_lb_list().await?;
+            show(output, &entries, |e| lb_list(e));
         }
         BpfCommand::Policy(PolicyMapCommand::List { endpoint }) => {
             let dump = client.bpf_policy_get(&endpoint_id(&endpoint)?).await?;
@@ -150,12 +159,41 @@ pub fn ipcache(entries: &[BpfIpcacheEntry]) -> String {
     }
 }
 
+/// `cilium bpf lb list`: SERVICE ADDRESS (`frontend/PROTO`) and BACKEND ADDRESS, one line
+/// per backend with its share of the slots and its backend id, as the maps hold them.
+pub fn lb_list(entries: &[BpfLbEntry]) -> String {
+    let rows: Vec<Vec<Vec<String>>> = entries
+        .iter()
+        .map(|e| {
+            let backends = if e.backends.is_empty() {
+                vec!["(no backend)".to_string()]
+            } else {
+                e.backends
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{} ({} of {} slots, backend {})",
+                            b.address, b.slots, e.slots, b.backend_id
+                        )
+                    })
+                    .collect()
+            };
+            vec![
+                vec![format!("{}/{}", e.frontend, e.protocol)],
+                vec![e.service_id.to_string()],
+                backends,
+            ]
+        })
+        .collect();
+    table("", &["SERVICE ADDRESS", "ID", "BACKEND ADDRESS"], &rows)
+}
+
 /// One conntrack entry as the 2017 tool printed it:
 /// `TCP OUT 10.1.0.2:40000 -> 10.1.0.3:80 expires=21590 rx_packets=… … src_identity=…`.
 pub fn ct_line(e: &BpfCtEntry) -> String {
     format!(
         "{} {} {} -> {} expires={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} \
-         flags={} src_identity={}",
+         flags={} src_identity={}{}",
         e.protocol,
         e.direction.to_ascii_uppercase(),
         e.source,
@@ -166,7 +204,12 @@ pub fn ct_line(e: &BpfCtEntry) -> String {
         e.tx_packets,
         e.tx_bytes,
         flags(&e.flags),
-        e.src_identity
+        e.src_identity,
+        match (e.rev_nat, e.backend_id) {
+            (Some(svc), Some(backend)) => format!(" service={svc} backend={backend}"),
+            (Some(svc), None) => format!(" rev_nat={svc}"),
+            _ => String::new(),
+        }
     )
 }
 
@@ -339,6 +382,56 @@ mod tests {
     }
 
     #[test]
+    fn lb_list_lines() {
+        use cilium_api::models::BpfLbBackend;
+        let entries = vec![
+            BpfLbEntry {
+                frontend: "10.96.0.10:80".into(),
+                protocol: "TCP".into(),
+                service_id: 1,
+                slots: 3,
+                backends: vec![
+                    BpfLbBackend {
+                        address: "10.23.0.5:8080".into(),
+                        backend_id: 4,
+                        slots: 1,
+                    },
+                    BpfLbBackend {
+                        address: "10.23.0.6:8080".into(),
+                        backend_id: 5,
+                        slots: 2,
+                    },
+                ],
+            },
+            BpfLbEntry {
+                frontend: "[fd00::1]:53".into(),
+                protocol: "UDP".into(),
+                service_id: 2,
+                slots: 0,
+                backends: vec![],
+            },
+        ];
+        let text = lb_list(&entries);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert!(lines[0].starts_with("SERVICE ADDRESS"), "{text}");
+        assert!(lines[1].starts_with("10.96.0.10:80/TCP"), "{text}");
+        assert!(
+            lines[1].ends_with("10.23.0.5:8080 (1 of 3 slots, backend 4)"),
+            "{text}"
+        );
+        assert!(
+            lines[2]
+                .trim_start()
+                .starts_with("10.23.0.6:8080 (2 of 3 slots"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("[fd00::1]:53/UDP") && lines[3].ends_with("(no backend)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ct_lines() {
         let e = BpfCtEntry {
             protocol: "TCP".into(),
@@ -352,12 +445,28 @@ mod tests {
             rx_bytes: 300,
             src_identity: 256,
             flags: vec!["seen-reply".into()],
+            rev_nat: None,
+            backend_id: None,
         };
         assert_eq!(
             ct_line(&e),
             "TCP OUT 10.1.0.2:40000 -> 10.1.0.3:80 expires=21590 rx_packets=4 rx_bytes=300 \
              tx_packets=6 tx_bytes=400 flags=seen-reply src_identity=256"
         );
+        let service = BpfCtEntry {
+            direction: "service".into(),
+            destination: "10.96.0.1:80".into(),
+            rev_nat: Some(7),
+            backend_id: Some(12),
+            ..e.clone()
+        };
+        assert!(ct_line(&service).starts_with("TCP SERVICE 10.1.0.2:40000 -> 10.96.0.1:80 "));
+        assert!(ct_line(&service).ends_with(" src_identity=256 service=7 backend=12"));
+        let translated = BpfCtEntry {
+            rev_nat: Some(7),
+            ..e.clone()
+        };
+        assert!(ct_line(&translated).ends_with(" src_identity=256 rev_nat=7"));
         let icmp = BpfCtEntry {
             protocol: "ICMPv6".into(),
             direction: "in".into(),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cilium_api::models::{
-    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfPolicyDump, BpfPolicyEntry, DatapathCounter,
-    DatapathStatus, MonitorEvent, Status, StatusState,
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbBackend, BpfLbEntry, BpfPolicyDump,
+    BpfPolicyEntry, DatapathCounter, DatapathStatus, MonitorEvent, Status, StatusState,
 };
 use cilium_api::EndpointId;
 
@@ -371,6 +371,9 @@ impl Agent {
         if let Err(e) = self.sync_ipcache(&inner) {
             warnings.push(format!("ipcache not restored: {e}"));
         }
+        if let Err(e) = dp.lb().sync(inner.services.iter()) {
+            warnings.push(format!("services not all restored in the datapath: {e}"));
+        }
         drop(inner);
         self.set_datapath_debug(self.config.debug);
         tracing::info!(
@@ -521,10 +524,10 @@ impl Agent {
                 let icmp = matches!(r.proto, 1 | 58);
                 BpfCtEntry {
                     protocol: protocol_name(r.proto),
-                    direction: if r.dir == abi::CT_INGRESS {
-                        "in"
-                    } else {
-                        "out"
+                    direction: match r.dir {
+                        abi::CT_INGRESS => "in",
+                        abi::CT_SERVICE => "service",
+                        _ => "out",
                     }
                     .to_string(),
                     source: endpoint(r.saddr, if icmp { 0 } else { r.sport }),
@@ -536,6 +539,8 @@ impl Agent {
                     rx_bytes: r.entry.rx_bytes,
                     src_identity: r.entry.src_identity,
                     flags,
+                    rev_nat: (r.entry.rev_nat != 0).then_some(r.entry.rev_nat),
+                    backend_id: (r.dir == abi::CT_SERVICE).then_some(r.entry.backend_id),
                 }
             })
             .collect();
@@ -547,6 +552,36 @@ impl Agent {
                 &b.direction,
             ))
         });
+        Ok(out)
+    }
+
+    /// `cilium bpf lb list`: every frontend the datapath serves, by service id.
+    pub fn bpf_lb(&self) -> Result<Vec<BpfLbEntry>, AgentError> {
+        let dp = self.datapath()?;
+        let socket = |ip: IpAddr, port: u16| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+            ip => format!("{ip}:{port}"),
+        };
+        let out = dp
+            .lb()
+            .list()
+            .into_iter()
+            .map(|f| BpfLbEntry {
+                frontend: socket(f.ip, f.port),
+                protocol: protocol_name(f.proto),
+                service_id: f.svc_id,
+                slots: f.slots,
+                backends: f
+                    .backends
+                    .iter()
+                    .map(|(ip, port, id, slots)| BpfLbBackend {
+                        address: socket(*ip, *port),
+                        backend_id: *id,
+                        slots: *slots,
+                    })
+                    .collect(),
+            })
+            .collect();
         Ok(out)
     }
 

@@ -3,10 +3,11 @@
 //!
 //! Order of operations for a change, as for policy: the table with the change is written to
 //! the state directory first, then applied in memory, so an acknowledged change survives a
-//! restart and a change that could not be saved is not applied. Programming the datapath's
-//! load-balancing maps from the table is not part of this file.
+//! restart and a change that could not be saved is not applied. The datapath's
+//! load-balancing maps follow the table (`datapath::lb`): after each change here, and in
+//! full at start (`reconcile_datapath`).
 
-use cilium_api::models::{Service, ServiceSpec};
+use cilium_api::models::{Service, ServiceSpec, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
 use super::{lock, Agent, AgentError, Inner, StartError};
@@ -20,10 +21,16 @@ struct SavedServices {
     services: Vec<ServiceSpec>,
 }
 
-fn to_api(record: &ServiceRecord) -> Service {
+/// The API form; `status` says what the datapath serves, absent when it does not serve it
+/// (no datapath, or programming it failed).
+fn to_api(dp: Option<&crate::datapath::Datapath>, record: &ServiceRecord) -> Service {
+    let spec = record.to_spec();
+    let realized = dp.is_some_and(|dp| dp.lb().is_programmed(record));
     Service {
-        spec: record.to_spec(),
-        status: None,
+        status: realized.then(|| ServiceStatus {
+            realized: spec.clone(),
+        }),
+        spec,
     }
 }
 
@@ -39,14 +46,34 @@ fn save(inner: &Inner, table: &ServiceTable) -> Result<(), StateError> {
 impl Agent {
     /// `GET /service`: every service, by id.
     pub fn service_list(&self) -> Vec<Service> {
-        lock(&self.inner).services.iter().map(to_api).collect()
+        let dp = self.datapath.as_deref();
+        lock(&self.inner)
+            .services
+            .iter()
+            .map(|r| to_api(dp, r))
+            .collect()
+    }
+
+    /// Programs the load-balancing maps with one service (or removes it, with `None`).
+    fn program_service(&self, id: u16, record: Option<&ServiceRecord>) {
+        let Some(dp) = &self.datapath else {
+            return;
+        };
+        match record {
+            Some(record) => {
+                if let Err(e) = dp.lb().set_service(record) {
+                    tracing::warn!(service = id, "cannot program the service: {e}");
+                }
+            }
+            None => dp.lb().remove_service(id),
+        }
     }
 
     /// `GET /service/{id}`.
     pub fn service_get(&self, id: u16) -> Result<Service, AgentError> {
         let inner = lock(&self.inner);
         let record = inner.services.get(id).ok_or(ServiceError::NotFound(id))?;
-        Ok(to_api(record))
+        Ok(to_api(self.datapath.as_deref(), record))
     }
 
     /// `PUT /service/{id}`: creates the service or replaces its frontend, backends and flags.
@@ -67,15 +94,17 @@ impl Agent {
         let mut inner = lock(&self.inner);
         inner.services.check(&record)?;
         let previous = inner.services.get(id).cloned();
-        let reply = to_api(&record);
         if previous.as_ref() == Some(&record) {
             tracing::debug!(service = id, "service unchanged");
-            return Ok((false, reply));
+            return Ok((false, to_api(self.datapath.as_deref(), &record)));
         }
         let mut table = inner.services.clone();
         table.insert(record.clone());
         save(&inner, &table)?;
         inner.services = table;
+        // Under the table's lock, so that concurrent changes reach the maps in order.
+        self.program_service(id, Some(&record));
+        let reply = to_api(self.datapath.as_deref(), &record);
         tracing::info!(
             service = id,
             frontend = %record.frontend,
@@ -93,8 +122,12 @@ impl Agent {
         let record = table.remove(id).ok_or(ServiceError::NotFound(id))?;
         save(&inner, &table)?;
         inner.services = table;
+        self.program_service(id, None);
         tracing::info!(service = id, frontend = %record.frontend, "service deleted");
-        Ok(to_api(&record))
+        Ok(Service {
+            spec: record.to_spec(),
+            status: None,
+        })
     }
 
     /// At start: the saved table. A file that does not parse is moved aside; services that

@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 /// Bumped with every layout change of a map key or value.
-pub const DATAPATH_ABI: u32 = 2;
+pub const DATAPATH_ABI: u32 = 3;
 
 pub const IDENTITY_HOST: u32 = 1;
 pub const IDENTITY_WORLD: u32 = 2;
@@ -26,6 +26,9 @@ pub const ACTION_L4_ONLY: u8 = 3;
 
 pub const CT_INGRESS: u8 = 1;
 pub const CT_EGRESS: u8 = 2;
+/// A connection to a service frontend as the client sent it: `rev_nat` = the service id,
+/// `backend_id` = its backend.
+pub const CT_SERVICE: u8 = 3;
 pub const CT_F_SEEN_REPLY: u16 = 0x1;
 pub const CT_F_TX_CLOSING: u16 = 0x2;
 pub const CT_F_RX_CLOSING: u16 = 0x4;
@@ -42,6 +45,8 @@ pub const DBG_CT_LOOKUP: u8 = 1;
 pub const DBG_POLICY: u8 = 2;
 pub const DBG_ICMP6_ND: u8 = 3;
 pub const DBG_FRAG: u8 = 4;
+pub const DBG_LB: u8 = 5;
+pub const DBG_REV_NAT: u8 = 6;
 pub const EVENT_DATA_LEN: usize = 128;
 
 /// Entries of `cilium_metrics`: index = reason * 4 + direction.
@@ -144,7 +149,55 @@ pub struct CtEntry {
     pub rev_nat: u16,
     pub proxy_port: u16,
     pub pad: u16,
-    pub pad2: u32,
+    /// `CT_SERVICE` entries: the backend id.
+    pub backend_id: u32,
+}
+
+/// Slots of one service's backend table, at most.
+pub const LB_MAX_SLOTS: usize = 1024;
+/// The bit of a slot index that tells the table generation.
+pub const LB_SLOT_GEN: u16 = 0x8000;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct LbSvcKey {
+    pub ip: [u8; 16],
+    /// Network order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbSvcValue {
+    pub svc_id: u16,
+    pub slots: u16,
+    pub gen: u8,
+    pub pad: [u8; 3],
+    /// New connections so far (the datapath's turn counter).
+    pub next: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct LbSlotKey {
+    pub svc_id: u16,
+    /// `gen << 15 | index`.
+    pub slot: u16,
+}
+
+/// A backend (`cilium_lb_backends`) or a frontend (`cilium_lb_revnat`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LbBackend {
+    pub ip: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub family: u8,
+    pub pad: u8,
+    pub svc_id: u16,
+    pub pad2: u16,
 }
 
 #[repr(C)]
@@ -214,6 +267,10 @@ const _: () = {
     assert!(size_of::<Ct6Key>() == 40);
     assert!(size_of::<CtEntry>() == 56);
     assert!(size_of::<MetricsValue>() == 16);
+    assert!(size_of::<LbSvcKey>() == 20);
+    assert!(size_of::<LbSvcValue>() == 12);
+    assert!(size_of::<LbSlotKey>() == 4);
+    assert!(size_of::<LbBackend>() == 24);
     assert!(size_of::<ConfigValue>() == 8);
     assert!(size_of::<Event>() == 184);
 };
@@ -239,6 +296,14 @@ unsafe impl aya::Pod for Ct6Key {}
 unsafe impl aya::Pod for CtEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MetricsValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LbSvcKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LbSvcValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LbSlotKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LbBackend {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ConfigValue {}
 

@@ -63,6 +63,30 @@ const MAP_LAYOUT: &[(&str, MapType, usize, usize)] = {
             size_of::<abi::Ct6Key>(),
             size_of::<abi::CtEntry>(),
         ),
+        (
+            "cilium_lb_svc",
+            MapType::Hash,
+            size_of::<abi::LbSvcKey>(),
+            size_of::<abi::LbSvcValue>(),
+        ),
+        (
+            "cilium_lb_slots",
+            MapType::Hash,
+            size_of::<abi::LbSlotKey>(),
+            4,
+        ),
+        (
+            "cilium_lb_backends",
+            MapType::Hash,
+            4,
+            size_of::<abi::LbBackend>(),
+        ),
+        (
+            "cilium_lb_revnat",
+            MapType::Hash,
+            2,
+            size_of::<abi::LbBackend>(),
+        ),
         ("cilium_frag4", MapType::LruHash, 12, 4),
         ("cilium_frag6", MapType::LruHash, 40, 4),
         (

@@ -16,7 +16,7 @@ use super::abi::{
 use super::{batch, DatapathError};
 use crate::cidr::Cidr;
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map {
         map,
         reason: e.to_string(),

@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod batch;
+pub mod lb;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
@@ -46,6 +47,7 @@ pub struct Datapath {
     globals: PathBuf,
     programs: Mutex<Ebpf>,
     maps: Mutex<Maps>,
+    lb: Mutex<lb::LbMaps>,
     /// The node's own addresses (the `host` identity), re-read by the agent's upkeep.
     host_addresses: Mutex<Vec<std::net::IpAddr>>,
     events: broadcast::Sender<Arc<MonitorEvent>>,
@@ -79,6 +81,7 @@ impl Datapath {
         }
         let mut ebpf = loader::load(&globals)?;
         let maps = Maps::open(&mut ebpf)?;
+        let lb = lb::LbMaps::open(&mut ebpf)?;
         let ring =
             RingBuf::try_from(loader::take_map(&mut ebpf, "cilium_events")?).map_err(|e| {
                 DatapathError::Map {
@@ -94,6 +97,7 @@ impl Datapath {
             globals,
             programs: Mutex::new(ebpf),
             maps: Mutex::new(maps),
+            lb: Mutex::new(lb),
             host_addresses: Mutex::new(Vec::new()),
             events,
             events_lost,
@@ -107,6 +111,11 @@ impl Datapath {
 
     pub fn maps(&self) -> MutexGuard<'_, Maps> {
         lock(&self.maps)
+    }
+
+    /// The load-balancing maps.
+    pub fn lb(&self) -> MutexGuard<'_, lb::LbMaps> {
+        lock(&self.lb)
     }
 
     /// Attaches the programs to an endpoint's host-side device (or swaps them in place).

@@ -138,6 +138,11 @@ fn debug_message(ev: &Event) -> String {
             let found = if ev.arg2 == 0 { "not found" } else { "found" };
             format!("Fragment {}: first fragment {found}", ev.arg1)
         }
+        abi::DBG_LB => match ev.arg2 {
+            0 => format!("Service {}: no backend takes new connections", ev.arg1),
+            backend => format!("Service {}: new connection to backend {backend}", ev.arg1),
+        },
+        abi::DBG_REV_NAT => format!("Service {}: reply source set to the frontend", ev.arg1),
         other => format!(
             "Unknown debug message {other} (arg1={:#x} arg2={:#x})",
             ev.arg1, ev.arg2

@@ -8,7 +8,7 @@
 //! Errors carry the status codes of the API reference: an invalid frontend is 460, an
 //! invalid backend 461 (seed §8, `PUT /service/{id}`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -35,6 +35,9 @@ pub enum ServiceError {
     #[error("service {0} not found")]
     NotFound(u16),
 }
+
+/// Backends of one service, at most (each needs a slot index of the datapath's table).
+pub const MAX_BACKENDS: usize = 16384;
 
 /// Parses the id of a `/service/{id}` path.
 pub fn parse_id(raw: &str) -> Result<u16, ServiceError> {
@@ -105,17 +108,21 @@ impl ServiceRecord {
             return Err(ServiceError::BadId(id.to_string()));
         }
         let frontend = parse_frontend(&spec.frontend_address)?;
+        if spec.backend_addresses.len() > MAX_BACKENDS {
+            return Err(ServiceError::InvalidBackend {
+                index: MAX_BACKENDS + 1,
+                reason: format!("a service has at most {MAX_BACKENDS} backends"),
+            });
+        }
         let mut backends: Vec<Backend> = Vec::with_capacity(spec.backend_addresses.len());
+        let mut seen: HashMap<(IpAddr, u16), usize> = HashMap::new();
         for (i, given) in spec.backend_addresses.iter().enumerate() {
             let backend =
                 parse_backend(&frontend, given).map_err(|reason| ServiceError::InvalidBackend {
                     index: i + 1,
                     reason,
                 })?;
-            if let Some(n) = backends
-                .iter()
-                .position(|b| b.ip == backend.ip && b.port == backend.port)
-            {
+            if let Some(n) = seen.insert((backend.ip, backend.port), i) {
                 return Err(ServiceError::InvalidBackend {
                     index: i + 1,
                     reason: format!(
