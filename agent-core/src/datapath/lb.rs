@@ -282,17 +282,13 @@ impl LbMaps {
         })
     }
 
-    /// A backend id no backend of any service has.
+    /// A backend id no backend of any service has: ids count up from the highest one found
+    /// at start, and one the map still holds (after the count wrapped) is skipped.
     fn allocate_id(&mut self) -> u32 {
-        let used: BTreeSet<u32> = self
-            .programmed
-            .values()
-            .flat_map(|p| p.backends.values().copied())
-            .collect();
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !used.contains(&id) && !self.stray_backends.contains(&id) {
+            if self.backends.get(&id, 0).is_err() {
                 return id;
             }
         }

@@ -1109,6 +1109,18 @@ mod tests {
             "Fragment 4711: first fragment not found"
         );
         assert_eq!(
+            debug(abi::DBG_LB, 7, 12).message,
+            "Service 7: new connection to backend 12"
+        );
+        assert_eq!(
+            debug(abi::DBG_LB, 7, 0).message,
+            "Service 7: no backend takes new connections"
+        );
+        assert_eq!(
+            debug(abi::DBG_REV_NAT, 7, 0).message,
+            "Service 7: reply source set to the frontend"
+        );
+        assert_eq!(
             debug(99, 1, 2).message,
             "Unknown debug message 99 (arg1=0x1 arg2=0x2)"
         );
