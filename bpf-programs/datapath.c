@@ -19,6 +19,33 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Marks an IP packet as sent by local endpoint ep_id (see MARK_MAGIC_FROM_LXC). */
+static __always_inline void mark_from_lxc(struct __sk_buff *skb, __u16 ep_id)
+{
+	skb->mark = ((__u32)ep_id << 16) | MARK_MAGIC_FROM_LXC;
+}
+
+/* Whether the packet carries the mark of local endpoint ep_id. */
+static __always_inline int marked_from(const struct __sk_buff *skb, __u16 ep_id)
+{
+	__u32 mark = skb->mark;
+
+	return (mark & MARK_MAGIC_MASK) == MARK_MAGIC_FROM_LXC && (mark >> 16) == ep_id;
+}
+
+/* Link-scope IPv6 addresses: multicast (ff00::/8) and link-local unicast (fe80::/10). */
+static __always_inline int ipv6_link_scope(const union addr *a)
+{
+	return a->v6[0] == 0xff || (a->v6[0] == 0xfe && (a->v6[1] & 0xc0) == 0x80);
+}
+
+static __always_inline int ipv6_unspecified(const union addr *a)
+{
+	const union addr zero = {};
+
+	return addr_eq(FAMILY_IPV6, a, &zero);
+}
+
 /* 0 when the packet's ports are known, else the drop reason. */
 static __always_inline int resolve_frag(struct __sk_buff *skb, const struct ev_ctx *c, int fam,
 					struct pkt *p)
@@ -82,19 +109,22 @@ static __always_inline int from_lxc_arp(struct __sk_buff *skb, struct ev_ctx *c,
 	struct arp_eth *arp = hdr_ptr(skb, ETH_HLEN, sizeof(*arp));
 	struct endpoint_info *ep;
 	union addr sip = {};
+	__u8 sha[ETH_ALEN];
 
 	if (!arp)
 		return drop(skb, c, DROP_INVALID);
 	if (arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != ETH_ALEN || arp->plen != 4)
 		return drop(skb, c, DROP_INVALID);
 	__builtin_memcpy(&sip.v4, arp->sip, 4);
+	__builtin_memcpy(sha, arp->sha, ETH_ALEN);
 
 	ep = lxc_lookup(FAMILY_IPV4, &sip);
 	if (!ep || ep->ifindex != skb->ifindex)
 		return drop(skb, c, DROP_INVALID_SIP);
 	c->source = ep->endpoint_id;
 	c->src_identity = ep->identity;
-	if (!mac_eq(smac, ep->mac))
+	/* The frame's source and the sender hardware address the neighbours learn. */
+	if (!mac_eq(smac, ep->mac) || !mac_eq(sha, ep->mac))
 		return drop(skb, c, DROP_INVALID_SMAC);
 	count_forward(skb, c);
 	return TC_ACT_OK;
@@ -140,7 +170,10 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 	ret = parse_ip(skb, &p, fam);
 	if (ret)
 		return drop(skb, c, ret);
-	if (fam == FAMILY_IPV6 && p.nd)
+	/* Neighbour discovery with the router goes to the stack; ND/MLD messages addressed to
+	 * anything else are ordinary ICMPv6, under policy. */
+	if (fam == FAMILY_IPV6 && p.nd &&
+	    (ipv6_link_scope(&p.daddr) || ipcache_identity(fam, &p.daddr) == IDENTITY_HOST))
 		return from_lxc_nd(skb, c, smac, &p);
 
 	/* The source must be one of this device's endpoint addresses, sent from its MAC. */
@@ -196,6 +229,7 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
 	}
 
+	mark_from_lxc(skb, ep_id);
 	if (dst)
 		return deliver_local(skb, c, fam, &p, dst);
 
@@ -233,7 +267,7 @@ int from_container(struct __sk_buff *skb)
 static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, int fam)
 {
 	__u32 len = skb->len, remote = IDENTITY_UNKNOWN;
-	struct endpoint_info *ep;
+	struct endpoint_info *ep, *src;
 	struct ct_entry *entry;
 	__u16 ep_flags, ep_id;
 	struct pkt p = {};
@@ -244,7 +278,10 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	ret = parse_ip(skb, &p, fam);
 	if (ret)
 		return drop(skb, c, ret);
-	if (fam == FAMILY_IPV6 && p.nd) {
+	/* ND/MLD from the router (link-local, unspecified or a node address) skips policy. */
+	if (fam == FAMILY_IPV6 && p.nd &&
+	    (ipv6_link_scope(&p.saddr) || ipv6_unspecified(&p.saddr) ||
+	     ipcache_identity(fam, &p.saddr) == IDENTITY_HOST)) {
 		count_forward(skb, c);
 		return TC_ACT_OK;
 	}
@@ -269,6 +306,13 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	c->dst_identity = ep->identity;
 	c->debug = debug_on(ep_flags);
 
+	/* A local endpoint's address as source only with that endpoint's mark: anything else
+	 * (a host process, the network) passing for it is spoofed. */
+	src = lxc_lookup(fam, &p.saddr);
+	if (src && !marked_from(skb, src->endpoint_id))
+		return drop(skb, c, DROP_INVALID_SIP);
+	skb->mark = 0;
+
 	if (p.frag != FRAG_NONE) {
 		ret = resolve_frag(skb, c, fam, &p);
 		if (ret)
@@ -289,7 +333,7 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
 		/* The source identity: for the policy, and as the initiator of a new entry. */
 		if (ct == CT_NEW || (ep_flags & EP_F_POLICY_INGRESS)) {
-			remote = remote_identity(fam, &p.saddr, lxc_lookup(fam, &p.saddr));
+			remote = remote_identity(fam, &p.saddr, src);
 			c->src_identity = remote;
 		}
 		if (ep_flags & EP_F_POLICY_INGRESS) {

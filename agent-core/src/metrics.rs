@@ -484,8 +484,8 @@ pub fn render(snapshot: &Snapshot, api: &ApiMetrics) -> String {
     e.family(
         "cilium_monitor_events_lost_total",
         "counter",
-        "Monitor events lost since the agent started (ring buffer full or a monitor reader \
-         too slow).",
+        "Monitor events lost: the datapath's ring buffer was full (counted since its maps \
+         were created), or a monitor reader was too slow (since the agent started).",
     );
     e.sample(
         "cilium_monitor_events_lost_total",

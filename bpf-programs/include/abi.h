@@ -27,6 +27,13 @@
 #define DIR_INGRESS 1 /* towards the endpoint: to-container */
 #define DIR_EGRESS 2  /* away from the endpoint: from-container */
 
+/* skb->mark of IP packets from-container sends on (redirected to a local endpoint or handed to
+ * the stack): the magic in bits 8-11 and the sending endpoint's id in the upper 16 bits.
+ * to-container takes a local endpoint's address as the source only with that endpoint's
+ * mark, so nobody else (a host process, the network) can pass for a local endpoint. */
+#define MARK_MAGIC_MASK 0x0F00
+#define MARK_MAGIC_FROM_LXC 0x0C00
+
 /* ---- cilium_lxc: HASH, endpoint_key -> endpoint_info, one entry per endpoint address. */
 #define LXC_MAP_SIZE 65536
 struct endpoint_key {
@@ -234,7 +241,9 @@ struct frag_ports {
 };
 
 /* ---- cilium_metrics: PERCPU_ARRAY, index = reason * 4 + direction. Reason 0 counts
- * forwarded packets; the others are DROP_* codes. */
+ * forwarded packets; the others are DROP_* codes. Reason 0 with direction 3 (index 3) counts
+ * the events cilium_events had no room for. */
+#define METRICS_EVENTS_LOST_DIR 3
 #define METRICS_MAP_SIZE 1024
 struct metrics_value {
 	__u64 packets;

@@ -48,6 +48,29 @@ static __always_inline struct ct_entry *ct_find(int fam, const union addr *s, co
 	}
 }
 
+static __always_inline int addr_eq(int fam, const union addr *a, const union addr *b)
+{
+	if (fam == FAMILY_IPV4)
+		return a->v4 == b->v4;
+	return ((a->v6[0] ^ b->v6[0]) | (a->v6[1] ^ b->v6[1]) | (a->v6[2] ^ b->v6[2]) |
+		(a->v6[3] ^ b->v6[3]) | (a->v6[4] ^ b->v6[4]) | (a->v6[5] ^ b->v6[5]) |
+		(a->v6[6] ^ b->v6[6]) | (a->v6[7] ^ b->v6[7]) | (a->v6[8] ^ b->v6[8]) |
+		(a->v6[9] ^ b->v6[9]) | (a->v6[10] ^ b->v6[10]) | (a->v6[11] ^ b->v6[11]) |
+		(a->v6[12] ^ b->v6[12]) | (a->v6[13] ^ b->v6[13]) | (a->v6[14] ^ b->v6[14]) |
+		(a->v6[15] ^ b->v6[15])) == 0;
+}
+
+/* An ICMP error may only be about a packet its destination sent: the quoted source is the
+ * error's destination. One a local endpoint sends (dir CT_EGRESS) is also about a packet it
+ * received: the quoted destination is the error's source. Anything else could carry any
+ * payload anywhere under the cover of an allowed flow. */
+static __always_inline int icmp_err_consistent(int fam, const struct pkt *p, __u8 dir)
+{
+	if (!addr_eq(fam, &p->in_saddr, &p->daddr))
+		return 0;
+	return dir != CT_EGRESS || addr_eq(fam, &p->in_daddr, &p->saddr);
+}
+
 /* An expired entry is a miss; creating the flow again overwrites it. */
 static __always_inline int ct_live(const struct ct_entry *e, __u64 now)
 {
@@ -112,7 +135,7 @@ static __always_inline int ct_lookup(int fam, const struct pkt *p, __u8 dir, __u
 	struct ct_entry *e;
 
 	*entry = NULL;
-	if (p->icmp_err) {
+	if (p->icmp_err && icmp_err_consistent(fam, p, dir)) {
 		/* The quoted packet went the opposite way of the error: it is either an original
 		 * packet as the other program recorded it, or, reversed, one of ours. */
 		e = ct_find(fam, &p->in_saddr, &p->in_daddr, p->in_sport, p->in_dport, p->in_proto,

@@ -53,15 +53,18 @@ static __always_inline int debug_on(__u16 ep_flags)
 }
 
 /* kind = type << 8 | subtype (BPF calls take at most five arguments). Out of line: events are
- * the cold path and this keeps the hot one short. A full ring drops the event silently. */
+ * the cold path and this keeps the hot one short. An event a full ring has no room for is
+ * counted at METRICS_EVENTS_LOST. */
 static __noinline void emit_event(struct __sk_buff *skb, const struct ev_ctx *c, __u32 kind,
 				  __u64 arg1, __u64 arg2)
 {
 	struct event *e = bpf_ringbuf_reserve(&cilium_events, sizeof(*e), 0);
 	__u32 len, cap;
 
-	if (!e)
+	if (!e) {
+		metrics_add(0, METRICS_EVENTS_LOST_DIR, 0);
 		return;
+	}
 	len = skb->len;
 	cap = len < EVENT_DATA_LEN ? len : EVENT_DATA_LEN;
 	e->type = kind >> 8;

@@ -37,11 +37,11 @@ class Case:
     def __init__(self, dp):
         self.dp = dp
 
-    def expect(self, name, prog, pkt, retval, reason=None, direction=None):
+    def expect(self, name, prog, pkt, retval, reason=None, direction=None, ctx=None):
         """Runs pkt; checks the verdict and, for drops, that metric reason*4+dir moved."""
         direction = direction or (DIR_EGRESS if prog == "from_container" else DIR_INGRESS)
         before = self.dp.metric(reason, direction) if reason else 0
-        rv, out = self.dp.test_run(prog, pkt)
+        rv, out = self.dp.test_run(prog, pkt, ctx)
         if rv is None:
             print("skip %s: test_run refuses the input (%s)" % (name, out))
             return b""
@@ -53,6 +53,12 @@ class Case:
             detail += ", metric %d: %d -> %d" % (reason, before, after)
         check(name, ok, detail)
         return out
+
+
+def marked(ep_id):
+    """A __sk_buff context whose mark says from-container of endpoint ep_id sent the packet
+    (len and pkt_type must be 0; mark is at offset 8)."""
+    return struct.pack("<III", 0, 0, (ep_id << 16) | 0x0C00)
 
 
 def setup(dp):
@@ -140,14 +146,16 @@ def run_cases(dp, c):
     c.expect("source IP of another device", FC, from_a4(ipv4("10.0.0.5", W4, TCP, syn)),
              TC_ACT_SHOT, 132)
 
-    def arp(sip, smac):
+    def arp(sip, smac, sha=None):
         return eth("ff:ff:ff:ff:ff:ff", smac, 0x0806) + struct.pack(
-            "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac_bytes(smac), socket.inet_aton(sip),
+            "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac_bytes(sha or smac), socket.inet_aton(sip),
             bytes(6), socket.inet_aton(R4))
     c.expect("ARP from A", FC, arp(A4, A_MAC), TC_ACT_OK, 0)
     c.expect("ARP with an unknown IP", FC, arp("10.0.0.3", A_MAC), TC_ACT_SHOT, 132)
     c.expect("ARP with another device's IP", FC, arp("10.0.0.5", A_MAC), TC_ACT_SHOT, 132)
     c.expect("ARP with A's IP, wrong MAC", FC, arp(A4, "02:00:00:00:0a:99"), TC_ACT_SHOT, 130)
+    c.expect("ARP from A's MAC announcing another MAC", FC,
+             arp(A4, A_MAC, "02:00:00:00:0a:99"), TC_ACT_SHOT, 130)
     c.expect("ARP to_container", TC, arp(R4, A_NODE), TC_ACT_OK, 0, DIR_INGRESS)
 
     # ---- L4 and conntrack
@@ -234,6 +242,28 @@ def run_cases(dp, c):
                                                                  0x86DD)
              + ipv6("fe80::ff", "ff02::1", UDP, udp(1, 2)), TC_ACT_SHOT, 152)
 
+    # ND/MLD to or from anything but the router is ordinary ICMPv6, under policy
+    dp.endpoint(A6, 1, A_ID, A_EP, EP_F_POLICY_EGRESS, A_MAC, A_NODE)
+    c.expect("NS to B's global address: under A's egress policy", FC,
+             from_a6(ipv6(A6, B6, ICMP6, ns)), TC_ACT_SHOT, 133)
+    c.expect("NS to a link-local address: to the stack", FC,
+             from_a6(ipv6(A6, "fe80::2", ICMP6, ns)), TC_ACT_OK, 0)
+    dp.ipcache("fd00::ffff/128", IDENTITY_HOST)
+    c.expect("NS to the router's global address (host)", FC,
+             from_a6(ipv6(A6, "fd00::ffff", ICMP6, ns)), TC_ACT_OK, 0)
+    dp.endpoint(A6, 1, A_ID, A_EP, 0, A_MAC, A_NODE)
+    dp.endpoint(B6, 1, B_ID, B_EP, EP_F_POLICY_INGRESS, B_MAC, B_NODE)
+    na = icmp(136, 0, 0, 0, socket.inet_pton(socket.AF_INET6, W6))
+    c.expect("NA into B from a world address: under B's ingress policy", TC,
+             eth(B_MAC, B_NODE, 0x86DD) + ipv6(W6, B6, ICMP6, na), TC_ACT_SHOT, 133)
+    c.expect("NA into B from link-local: skips policy", TC,
+             eth(B_MAC, B_NODE, 0x86DD) + ipv6("fe80::ff", B6, ICMP6, na), TC_ACT_OK, 0,
+             DIR_INGRESS)
+    c.expect("NA into B from the router's global address", TC,
+             eth(B_MAC, B_NODE, 0x86DD) + ipv6("fd00::ffff", B6, ICMP6, na), TC_ACT_OK, 0,
+             DIR_INGRESS)
+    dp.endpoint(B6, 1, B_ID, B_EP, 0, B_MAC, B_NODE)
+
     # ---- to_container destination checks
     c.expect("unknown destination", TC, eth(B_MAC, B_NODE, 0x0800)
              + ipv4(W4, "10.0.0.77", UDP, udp(1, 2)), TC_ACT_SHOT, 152)
@@ -285,6 +315,12 @@ def run_cases(dp, c):
     check("policy counters", dp.policy_counters(IDENTITY_WORLD, A_EP, DIR_EGRESS, 80, TCP)
           == (1, len(web)), str(dp.policy_counters(IDENTITY_WORLD, A_EP, DIR_EGRESS, 80, TCP)))
     c.expect("established flow re-checked: still allowed", FC, web, TC_ACT_OK, 0)
+    quote = ipv4(W4, A4, TCP, tcp(80, 41000))[:28]
+    c.expect("A's ICMP error about its flow, to its peer: related", FC,
+             from_a4(ipv4(A4, W4, ICMP, icmp(3, 3, 0, 0, quote))), TC_ACT_OK, 0)
+    c.expect("the same quote sent to someone else: not related, L4 denied", FC,
+             from_a4(ipv4(A4, "198.51.100.99", ICMP, icmp(3, 3, 0, 0, quote))), TC_ACT_SHOT,
+             159)
     c.expect("UDP 80 not allowed", FC, from_a4(ipv4(A4, W4, UDP, udp(41000, 80))), TC_ACT_SHOT,
              159)
     dp.policy(0, A_EP, DIR_EGRESS, ACTION_REDIRECT, 53, UDP)
@@ -308,13 +344,21 @@ def run_cases(dp, c):
     dp.endpoint(B4, 1, B_ID, B_EP, EP_F_POLICY_INGRESS, B_MAC, B_NODE)
     to_b = eth(B_MAC, B_NODE, 0x0800)
     c.expect("ingress policy: A -> B denied", TC, to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)),
-             TC_ACT_SHOT, 133)
+             TC_ACT_SHOT, 133, ctx=marked(A_EP))
     dp.policy(A_ID, B_EP, DIR_INGRESS, ACTION_ALLOW, 8080, TCP)
-    c.expect("(A, 8080/TCP) allows", TC, to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)), TC_ACT_OK)
+    c.expect("(A, 8080/TCP) allows", TC, to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)), TC_ACT_OK,
+             ctx=marked(A_EP))
     check("CT_INGRESS entry, initiator A", (ct4(dp, A4, B4, 42000, 8080, TCP, 1) or {}).get(
         "value", {}).get("src_identity") == A_ID)
     c.expect("A -> B other port: no marker, L3 denied", TC,
-             to_b + ipv4(A4, B4, TCP, tcp(42000, 8081)), TC_ACT_SHOT, 133)
+             to_b + ipv4(A4, B4, TCP, tcp(42000, 8081)), TC_ACT_SHOT, 133, ctx=marked(A_EP))
+    # A's address from anywhere but A's own from_container: spoofed, whatever the policy
+    c.expect("A's address without A's mark (a host process, the network)", TC,
+             to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)), TC_ACT_SHOT, 132)
+    c.expect("A's address with B's mark", TC, to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)),
+             TC_ACT_SHOT, 132, ctx=marked(B_EP))
+    c.expect("A's IPv6 address without A's mark", TC, eth(B_MAC, B_NODE, 0x86DD)
+             + ipv6(A6, B6, UDP, udp(1, 2)), TC_ACT_SHOT, 132)
     # B's own flow to the world: the replies come back through the policy
     c.expect("B -> world UDP", FC, eth(B_NODE, B_MAC, 0x0800) + ipv4(B4, W4, UDP, udp(6000, 53)),
              TC_ACT_OK, 0)
@@ -356,6 +400,8 @@ def run_cases(dp, c):
     dp.endpoint(B4, 1, B_ID, B_EP, 0, B_MAC, B_NODE)
     dp.endpoint(B6, 1, B_ID, B_EP, 0, B_MAC, B_NODE)
 
+    services(dp, c)
+
     # ---- events: drops always, trace/debug only when debugging
     ev = subprocess.Popen([dp.tool, "events", dp.map("cilium_events"), "3"],
                           stdout=subprocess.PIPE, text=True)
@@ -366,7 +412,7 @@ def run_cases(dp, c):
     dp.test_run(FC, from_a4(ipv4(A4, B4, TCP, tcp(43001, 80))))          # ct, trace
     dp.endpoint(A4, 1, A_ID, A_EP, 0, A_MAC, A_NODE)
     dp.config(CFG_F_DEBUG)
-    dp.test_run(TC, eth(B_MAC, B_NODE, 0x0800) + ipv4(A4, B4, TCP, tcp(43001, 80)))
+    dp.test_run(TC, eth(B_MAC, B_NODE, 0x0800) + ipv4(A4, B4, TCP, tcp(43001, 80)), marked(A_EP))
     dp.config(0)
     out, _ = ev.communicate()
     # the ring still holds the drops of the cases above: look at the last five
@@ -383,6 +429,115 @@ def run_cases(dp, c):
         check("trace from A names B", lines[2]["source"] == str(A_EP)
               and lines[2]["dst_endpoint"] == str(B_EP) and lines[2]["dst_identity"] == str(B_ID)
               and lines[2]["src_identity"] == str(A_ID))
+
+    # ---- a full ring buffer: the events that do not fit are counted (metrics index 3)
+    lost = dp.metric(0, 3)
+    dp.config(CFG_F_DEBUG)
+    with tempfile.TemporaryDirectory() as t:
+        fin = os.path.join(t, "in")
+        with open(fin, "wb") as f:
+            f.write(from_a4(ipv4(A4, W4, TCP, tcp(43002, 80))))
+        # ~4 events of 192 bytes per run: 8000 runs are more than the 1 MiB ring holds
+        run(["bpftool", "prog", "run", "pinned", dp.prog[FC], "data_in", fin, "repeat", "8000"])
+    dp.config(0)
+    check("events lost to a full ring are counted", dp.metric(0, 3) > lost,
+          "%d -> %d" % (lost, dp.metric(0, 3)))
+
+
+def with_csum(src, dst, proto, seg):
+    """seg with its TCP/UDP checksum filled in over the IPv4 or IPv6 pseudo header."""
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    pseudo = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst)
+    pseudo += struct.pack("!I3xB", len(seg), proto) if fam == socket.AF_INET6 else \
+        struct.pack("!xBH", proto, len(seg))
+    off = 16 if proto == TCP else 6
+    seg = seg[:off] + b"\0\0" + seg[off + 2:]
+    return seg[:off] + struct.pack("!H", csum(pseudo + seg) or 0xffff) + seg[off + 2:]
+
+
+def l4_ok(frame):
+    """Whether the TCP/UDP checksum of an Ethernet frame is right for its addresses."""
+    if frame[12:14] == b"\x08\x00":
+        ip = frame[14:]
+        hl = (ip[0] & 0xf) * 4
+        seg = ip[hl:struct.unpack("!H", ip[2:4])[0]]
+        pseudo = ip[12:20] + struct.pack("!xBH", ip[9], len(seg))
+    else:
+        ip = frame[14:]
+        seg = ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
+        pseudo = ip[8:40] + struct.pack("!I3xB", len(seg), ip[6])
+    return csum(pseudo + seg) == 0
+
+
+def services(dp, c):
+    """Load balancing: DNAT in from_container, reverse translation in to_container, with
+    valid checksums (test_run skbs carry no checksum offload: every byte counts)."""
+    FC, TC = "from_container", "to_container"
+    FE4, FE6 = "10.96.0.1", "fd00:96::1"
+
+    def addr(ip, port, svc_id):
+        a, fam = ip_bytes(ip)
+        return a + struct.pack("!H", port) + struct.pack("<BBHH", fam, 0, svc_id, 0)
+
+    def service(svc_id, ip, port, proto, backends):
+        a, fam = ip_bytes(ip)
+        for i, (bip, bport) in enumerate(backends):
+            backend_id = svc_id * 100 + i
+            dp.update("cilium_lb_backends", struct.pack("<I", backend_id),
+                      addr(bip, bport, svc_id))
+            dp.update("cilium_lb_slots", struct.pack("<HH", svc_id, i),
+                      struct.pack("<I", backend_id))
+        dp.update("cilium_lb_revnat", struct.pack("<H", svc_id), addr(ip, port, svc_id))
+        dp.update("cilium_lb_svc", a + struct.pack("!H", port) + struct.pack("<BB", proto, fam),
+                  struct.pack("<HHB3xI", svc_id, len(backends), 0, 0))
+
+    service(1, FE4, 80, TCP, [(B4, 8080)])
+    syn = ipv4(A4, FE4, TCP, with_csum(A4, FE4, TCP, tcp(40100, 80)))
+    out = c.expect("TCP to a frontend: to its backend B", FC, from_a4(syn), TC_ACT_REDIRECT, 0)
+    ip = out[14:34]
+    check("DNAT: destination B:8080, IP and TCP checksums valid",
+          ip[16:20] == socket.inet_aton(B4) and out[36:38] == struct.pack("!H", 8080)
+          and csum(ip) == 0 and l4_ok(out), out[14:54].hex())
+    e = ct4(dp, A4, FE4, 40100, 80, TCP, 3)
+    check("CT_SERVICE entry: service 1, backend 100", e is not None
+          and e["value"]["rev_nat"] == 1 and e["value"]["backend_id"] == 100, str(e))
+    e = ct4(dp, A4, B4, 40100, 8080, TCP, 2)
+    check("the flow to B carries rev_nat 1", e is not None and e["value"]["rev_nat"] == 1,
+          str(e))
+    reply = ipv4(B4, A4, TCP, with_csum(B4, A4, TCP, tcp(8080, 40100, 0x12)))
+    out = c.expect("B's reply to A: source back to the frontend", TC,
+                   eth(A_MAC, A_NODE, 0x0800) + reply, TC_ACT_OK, 0, DIR_INGRESS,
+                   ctx=marked(B_EP))
+    ip = out[14:34]
+    check("rev-NAT: source 10.96.0.1:80, checksums valid",
+          ip[12:16] == socket.inet_aton(FE4) and out[34:36] == struct.pack("!H", 80)
+          and csum(ip) == 0 and l4_ok(out), out[14:54].hex())
+
+    service(2, FE4, 53, UDP, [(B4, 5353)])
+    out = c.expect("UDP without checksum to a frontend", FC,
+                   from_a4(ipv4(A4, FE4, UDP, udp(5000, 53, b"q"))), TC_ACT_REDIRECT, 0)
+    check("UDP checksum 0 stays 0", out[40:42] == b"\0\0" and csum(out[14:34]) == 0
+          and out[36:38] == struct.pack("!H", 5353), out[34:42].hex())
+
+    service(3, FE6, 53, UDP, [(B6, 5353)])
+    out = c.expect("UDP over IPv6 to a frontend", FC,
+                   from_a6(ipv6(A6, FE6, UDP, udp(5001, 53, b"q", A6, FE6))),
+                   TC_ACT_REDIRECT, 0)
+    check("IPv6 DNAT: destination B6:5353, UDP checksum valid",
+          out[14 + 24:14 + 40] == socket.inet_pton(socket.AF_INET6, B6) and l4_ok(out)
+          and out[56:58] == struct.pack("!H", 5353), out[14:62].hex())
+    out = c.expect("B6's answer: from the IPv6 frontend", TC, eth(A_MAC, A_NODE, 0x86DD)
+                   + ipv6(B6, A6, UDP, udp(5353, 5001, b"a", B6, A6)), TC_ACT_OK, 0,
+                   DIR_INGRESS, ctx=marked(B_EP))
+    check("IPv6 rev-NAT: source fd00:96::1:53, UDP checksum valid",
+          out[14 + 8:14 + 24] == socket.inet_pton(socket.AF_INET6, FE6) and l4_ok(out)
+          and out[54:56] == struct.pack("!H", 53), out[14:62].hex())
+
+    service(4, FE4, 81, TCP, [])
+    c.expect("frontend without backends: 158", FC,
+             from_a4(ipv4(A4, FE4, TCP, tcp(40101, 81))), TC_ACT_SHOT, 158)
+    c.expect("other port of the frontend address: not a service", FC,
+             from_a4(ipv4(A4, FE4, TCP, tcp(40101, 82))), TC_ACT_OK, 0)
 
 
 if __name__ == "__main__":

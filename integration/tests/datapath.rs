@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cilium_api::models::{Endpoint, MonitorEvent, StatusResponse};
 use integration::cni::{Invocation, Node};
-use integration::traffic::{ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer};
+use integration::traffic::{
+    in_netns, ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer,
+};
 use integration::{bin, require_root, unique_name, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -533,4 +535,157 @@ fn cidr_requires_udp_icmp_spoofing_and_host_traffic() {
     assert!(drops(&node.agent, 132, "egress") > spoofed_before);
 
     node.sh(&["ip", "link", "del", &link]);
+}
+
+/// Sends one UDP datagram from `from` (an address the namespace need not have: FREEBIND) to
+/// `to`, inside `netns`.
+fn send_as(netns: &str, from: SocketAddr, to: SocketAddr) {
+    in_netns(netns, move || {
+        let (domain, level, opt) = match from {
+            SocketAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IP, libc::IP_FREEBIND),
+            SocketAddr::V6(_) => (
+                libc::AF_INET6,
+                libc::IPPROTO_IPV6,
+                78, /* IPV6_FREEBIND */
+            ),
+        };
+        // SAFETY: plain socket calls on a descriptor owned here; the sockaddr buffers are
+        // valid for the lengths given.
+        unsafe {
+            let fd = libc::socket(domain, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let one: libc::c_int = 1;
+            let rc = libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "freebind: {}", std::io::Error::last_os_error());
+            let (src, src_len) = sockaddr(from);
+            let rc = libc::bind(fd, (&src as *const libc::sockaddr_storage).cast(), src_len);
+            assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+            let (dst, dst_len) = sockaddr(to);
+            let n = libc::sendto(
+                fd,
+                b"spoofed".as_ptr().cast(),
+                7,
+                0,
+                (&dst as *const libc::sockaddr_storage).cast(),
+                dst_len,
+            );
+            assert_eq!(n, 7, "sendto {to}: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    });
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; the family-specific view written below
+    // fits in it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[test]
+fn node_processes_cannot_pass_for_a_local_endpoint() {
+    if !require_root("node_processes_cannot_pass_for_a_local_endpoint") {
+        return;
+    }
+    let node = Node::start("dpsp");
+    let ca = Netns::new("dpspa");
+    let cb = Netns::new("dpspb");
+    let ea = add(&node, &ca, &[("id", "app2")]);
+    let eb = add(&node, &cb, &[("id", "app1")]);
+    let _server = EchoServer::start(&cb.name, sa(ANY, 9999));
+    // The real endpoint A reaches B.
+    assert!(udp_works(&ca.name, sa(v4(&eb), 9999)));
+    assert!(udp_works(&ca.name, sa(v6(&eb), 9999)));
+    let count_132 = |what: &str, send: &dyn Fn()| {
+        let before = drops(&node.agent, 132, "ingress");
+        send();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while drops(&node.agent, 132, "ingress") == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            drops(&node.agent, 132, "ingress"),
+            before + 1,
+            "{what} is dropped as spoofed on its way into B"
+        );
+    };
+    // A process on the node sending with A's IPv6 address (IPV6_FREEBIND needs no
+    // privilege). (IPv4 routing refuses a source the node does not have.)
+    count_132("A's IPv6 address from a node process", &|| {
+        send_as(&node.netns.name, sa(v6(&ea), 40000), sa(v6(&eb), 9999))
+    });
+    // A host on the network behind the node sending with A's IPv4 address, forwarded by a
+    // node that does no reverse-path filtering.
+    let outside = Netns::new("dpspo");
+    let (vout, a4) = (
+        format!("vo{}", &outside.name[outside.name.len() - 6..]),
+        v4(&ea),
+    );
+    node.netns.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        &vout,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &outside.name,
+    ]);
+    node.netns
+        .exec_ok(&["ip", "addr", "add", "192.168.77.1/24", "dev", &vout]);
+    node.netns.exec_ok(&["ip", "link", "set", &vout, "up"]);
+    for key in ["all", "default", &vout] {
+        node.netns
+            .exec_ok(&["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")]);
+    }
+    node.netns
+        .exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    outside.exec_ok(&["ip", "addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+    outside.exec_ok(&["ip", "addr", "add", &format!("{a4}/32"), "dev", "lo"]);
+    outside.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    outside.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    outside.exec_ok(&["ip", "route", "add", "10.23.0.0/16", "via", "192.168.77.1"]);
+    count_132("A's IPv4 address from the network", &|| {
+        send_as(&outside.name, sa(a4, 40000), sa(v4(&eb), 9999))
+    });
+    // The node's own address still reaches B.
+    assert!(udp_works(&node.netns.name, sa(v4(&eb), 9999)));
 }

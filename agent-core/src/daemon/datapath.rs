@@ -426,10 +426,16 @@ impl Agent {
     /// The `datapath` part of `GET /healthz`.
     pub(super) fn datapath_status(&self) -> Option<DatapathStatus> {
         let dp = self.datapath.as_ref()?;
-        let counters = dp
-            .maps()
-            .metrics()
+        let metrics = dp.maps().metrics();
+        // Events the ring buffer had no room for, counted by the programs.
+        let ring_full: u64 = metrics
+            .iter()
+            .filter(|(reason, dir, _, _)| *reason == 0 && *dir == abi::METRICS_EVENTS_LOST_DIR)
+            .map(|m| m.2)
+            .sum();
+        let counters = metrics
             .into_iter()
+            .filter(|(_, dir, _, _)| *dir != abi::METRICS_EVENTS_LOST_DIR)
             .map(|(reason, dir, packets, bytes)| DatapathCounter {
                 reason,
                 description: if reason == 0 {
@@ -448,7 +454,7 @@ impl Agent {
             status: Status::new(StatusState::Ok, "programs loaded"),
             pin_path: dp.pin_path().display().to_string(),
             counters,
-            events_lost: dp.events_lost(),
+            events_lost: dp.events_lost() + ring_full,
         })
     }
 

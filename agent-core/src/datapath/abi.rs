@@ -49,6 +49,10 @@ pub const DBG_LB: u8 = 5;
 pub const DBG_REV_NAT: u8 = 6;
 pub const EVENT_DATA_LEN: usize = 128;
 
+/// Direction slot of reason 0 in `cilium_metrics` that counts events the ring buffer had no
+/// room for.
+pub const METRICS_EVENTS_LOST_DIR: u8 = 3;
+
 /// Entries of `cilium_metrics`: index = reason * 4 + direction.
 pub const METRICS_MAP_SIZE: u32 = 1024;
 

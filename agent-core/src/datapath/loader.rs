@@ -144,13 +144,14 @@ fn nix_mount(path: &Path) -> io::Result<()> {
     let target = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
     // SAFETY: every argument is a valid NUL-terminated string or null.
+    // mode=700: the kernel's default (1777) lets anyone create entries next to the pins.
     let rc = unsafe {
         libc::mount(
             c"bpffs".as_ptr(),
             target.as_ptr(),
             c"bpf".as_ptr(),
             0,
-            std::ptr::null(),
+            c"mode=700".as_ptr().cast(),
         )
     };
     if rc != 0 {
@@ -187,12 +188,52 @@ fn drop_incompatible_pins(globals: &Path) -> Vec<String> {
     removed
 }
 
+/// Makes `dir` (and its parents up to `root`) a directory of this user that nobody else can
+/// write to: pins in a directory another user controls could be swapped or removed.
+fn private_dir(root: &Path, dir: &Path) -> Result<(), DatapathError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let err = |path: &Path, reason: String| DatapathError::Bpffs {
+        path: path.display().to_string(),
+        reason,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err(dir, format!("cannot create it: {e}")))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut path = dir.to_path_buf();
+    while path.starts_with(root) && path != root {
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e.to_string()))?;
+        if !meta.is_dir() || meta.uid() != me {
+            return Err(err(
+                &path,
+                format!(
+                    "it is not a directory owned by uid {me} (owner {}); remove it and restart",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| err(&path, format!("cannot make it private: {e}")))?;
+        }
+        if !path.pop() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Loads the programs, creating or reusing the pinned maps.
 pub fn load(globals: &Path) -> Result<Ebpf, DatapathError> {
-    std::fs::create_dir_all(globals).map_err(|e| DatapathError::Bpffs {
-        path: globals.display().to_string(),
-        reason: format!("cannot create it: {e}"),
-    })?;
+    let root = globals
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(globals)
+        .to_path_buf();
+    private_dir(&root, globals)?;
     drop_incompatible_pins(globals);
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(globals)
@@ -280,4 +321,33 @@ pub fn remove_legacy_links(root: &Path) -> usize {
     let _ = std::fs::remove_dir(&dir);
     let _ = std::fs::remove_dir(root.join("cilium"));
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn pin_directories_are_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("bpf");
+        let tc = root.join("tc");
+        std::fs::create_dir_all(&tc).unwrap();
+        // Left writable for everyone, as under a default bpffs mount.
+        std::fs::set_permissions(&tc, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let globals = tc.join("globals");
+        private_dir(&root, &globals).unwrap();
+        for dir in [&tc, &globals] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o022, 0, "{}: {mode:o}", dir.display());
+        }
+        // A file where the directory should be is refused with the reason.
+        let bad_root = tmp.path().join("bad");
+        std::fs::create_dir_all(&bad_root).unwrap();
+        std::fs::write(bad_root.join("tc"), b"").unwrap();
+        let err = private_dir(&bad_root, &bad_root.join("tc/globals")).unwrap_err();
+        assert!(err.to_string().contains("cannot create it"), "{err}");
+    }
 }

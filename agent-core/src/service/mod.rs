@@ -234,6 +234,8 @@ fn parse_backend(frontend: &L3n4Addr, given: &BackendAddress) -> Result<Backend,
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     services: BTreeMap<u16, ServiceRecord>,
+    /// Frontend address and port -> the services using it (for the overlap check).
+    by_frontend: HashMap<(IpAddr, u16), Vec<u16>>,
 }
 
 impl ServiceTable {
@@ -256,9 +258,11 @@ impl ServiceTable {
 
     /// Refuses `record` when another service has an overlapping frontend (460).
     pub fn check(&self, record: &ServiceRecord) -> Result<(), ServiceError> {
-        match self
-            .iter()
-            .find(|s| s.id != record.id && s.frontend.overlaps(&record.frontend))
+        let f = &record.frontend;
+        let same_address = self.by_frontend.get(&(f.ip, f.port)).into_iter().flatten();
+        match same_address
+            .filter_map(|id| self.services.get(id))
+            .find(|s| s.id != record.id && s.frontend.overlaps(f))
         {
             Some(other) => Err(ServiceError::InvalidFrontend(format!(
                 "{} overlaps the frontend {} of service {}",
@@ -271,11 +275,24 @@ impl ServiceTable {
     /// Adds or replaces the service of `record.id` (checked with [`ServiceTable::check`]);
     /// returns the one it replaced.
     pub fn insert(&mut self, record: ServiceRecord) -> Option<ServiceRecord> {
-        self.services.insert(record.id, record)
+        let f = record.frontend;
+        let id = record.id;
+        let old = self.remove(id);
+        self.services.insert(id, record);
+        self.by_frontend.entry((f.ip, f.port)).or_default().push(id);
+        old
     }
 
     pub fn remove(&mut self, id: u16) -> Option<ServiceRecord> {
-        self.services.remove(&id)
+        let old = self.services.remove(&id)?;
+        let key = (old.frontend.ip, old.frontend.port);
+        if let Some(ids) = self.by_frontend.get_mut(&key) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_frontend.remove(&key);
+            }
+        }
+        Some(old)
     }
 
     /// The API form of every service, by id.
