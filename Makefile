@@ -51,6 +51,7 @@ bench: deps
 	$(CARGO) run --release -p integration --bin bench-cni
 	$(CARGO) run --release -p integration --bin bench-policy
 	$(CARGO) run --release -p integration --bin bench-datapath
+	$(CARGO) run --release -p integration --bin bench-lb
 	$(CARGO) run --release -p integration --bin bench-docker
 
 clean:

@@ -209,8 +209,9 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 
 	ct = ct_lookup(fam, &p, CT_EGRESS, len, now, &entry);
 	emit_debug(skb, c, DBG_CT_LOOKUP, ct, 0);
-	/* The flow's tuple was used without the service before (or by another one). */
-	if (ct == CT_ESTABLISHED && rev_nat && entry->rev_nat != rev_nat)
+	/* The tuple was used by a connection through another service or none (ports reused
+	 * right after a close): the replies follow the connection that uses it now. */
+	if (ct == CT_ESTABLISHED && entry->rev_nat != rev_nat)
 		entry->rev_nat = rev_nat;
 
 	/* Replies and related ICMP errors belong to a flow already admitted. */

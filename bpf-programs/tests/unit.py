@@ -513,6 +513,18 @@ def services(dp, c):
           ip[12:16] == socket.inet_aton(FE4) and out[34:36] == struct.pack("!H", 80)
           and csum(ip) == 0 and l4_ok(out), out[14:54].hex())
 
+    # the client's port reused straight to the backend (the kernel may, right after a close):
+    # the tuple's entry is the same, its replies must not be translated any more
+    direct = ipv4(A4, B4, TCP, with_csum(A4, B4, TCP, tcp(40100, 8080)))
+    c.expect("the same tuple straight to B", FC, from_a4(direct), TC_ACT_REDIRECT, 0)
+    e = ct4(dp, A4, B4, 40100, 8080, TCP, 2)
+    check("... the flow no longer carries rev_nat", e is not None
+          and e["value"]["rev_nat"] == 0, str(e))
+    out = c.expect("... B's reply keeps B's address", TC, eth(A_MAC, A_NODE, 0x0800) + reply,
+                   TC_ACT_OK, 0, DIR_INGRESS, ctx=marked(B_EP))
+    check("... source B4:8080", out[26:30] == socket.inet_aton(B4)
+          and out[34:36] == struct.pack("!H", 8080), out[14:54].hex())
+
     service(2, FE4, 53, UDP, [(B4, 5353)])
     out = c.expect("UDP without checksum to a frontend", FC,
                    from_a4(ipv4(A4, FE4, UDP, udp(5000, 53, b"q"))), TC_ACT_REDIRECT, 0)
