@@ -239,6 +239,7 @@ where
         .map_err(|e| match e {
             BodyError::TooLarge(_) => Failure::new(413, e.to_string()),
             BodyError::Read(_) => Failure::new(400, e.to_string()),
+            BodyError::Timeout(_) => Failure::new(408, e.to_string()),
         })
 }
 
