@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra flags for `make run`, e.g. make run ARGS="--debug"
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench clean
+.PHONY: all deps build release run test lint unit integration bench soak clean
 
 all: build
 
@@ -53,6 +53,13 @@ bench: deps
 	$(CARGO) run --release -p integration --bin bench-datapath
 	$(CARGO) run --release -p integration --bin bench-lb
 	$(CARGO) run --release -p integration --bin bench-docker
+
+# The long run: 10,000 CNI ADD/DEL cycles against one agent (SOAK_CYCLES to change), no
+# leak and flat agent memory and descriptors, or it fails.
+soak: deps
+	@install/deps.sh $(TEST_PACKAGES)
+	$(CARGO) build --release -p agent-core -p cilium-cni --bins
+	$(CARGO) run --release -p integration --bin soak-cni
 
 clean:
 	$(CARGO) clean
