@@ -203,6 +203,30 @@ impl Node {
         self.cni(&inv, &self.config(Some("1.0.0"))).ok()
     }
 
+    /// ADD of a container with the runtime labels `labels` (key=value, CNI `args`); returns
+    /// the endpoint as the agent reports it.
+    pub fn add_labeled(
+        &self,
+        container: &Netns,
+        labels: &[(&str, &str)],
+    ) -> cilium_api::models::Endpoint {
+        let mut conf = self.config(Some("1.0.0"));
+        let labels: Vec<Value> = labels
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        conf["args"] = serde_json::json!({"cni": {"labels": labels}});
+        let inv = Invocation::new("ADD", &container.name, &container.path());
+        self.cni(&inv, &conf).ok();
+        let (status, body) = self.agent.http(
+            "GET",
+            &format!("/endpoint/container-id:{}", container.name),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("endpoint")
+    }
+
     /// Runs a command in the node namespace and returns its stdout.
     pub fn sh(&self, cmd: &[&str]) -> String {
         String::from_utf8_lossy(&self.netns.exec_ok(cmd).stdout).into_owned()

@@ -366,6 +366,21 @@ impl Agent {
         }
     }
 
+    /// The datapath's packet counter of drop `reason` in `direction` (`ingress`, `egress`),
+    /// from `GET /healthz`.
+    pub fn drops(&self, reason: u8, direction: &str) -> u64 {
+        let (status, body) = self.http("GET", "/healthz", None);
+        assert_eq!(status, 200, "{body}");
+        let s: cilium_api::models::StatusResponse = serde_json::from_str(&body).expect("status");
+        s.datapath
+            .expect("datapath status")
+            .counters
+            .iter()
+            .filter(|c| c.reason == reason && c.direction == direction)
+            .map(|c| c.packets)
+            .sum()
+    }
+
     /// Runs the `cilium` CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let host = format!("unix://{}", self.socket.display());

@@ -9,14 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cilium_api::models::{Endpoint, MonitorEvent, StatusResponse};
-use integration::cni::{Invocation, Node};
+use cilium_api::models::{Endpoint, MonitorEvent};
+use integration::cni::Node;
 use integration::traffic::{
     in_netns, ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer,
 };
 use integration::{bin, require_root, unique_name, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
-use serde_json::json;
 
 const L3_L4_POLICY: &str = r#"[{
   "endpointSelector": {"matchLabels":{"id":"app1"}},
@@ -26,25 +25,6 @@ const L3_L4_POLICY: &str = r#"[{
   }],
   "labels": ["unspec:guide=docker"]
 }]"#;
-
-/// ADD of a container with the runtime labels `labels` (key=value).
-fn add(node: &Node, container: &Netns, labels: &[(&str, &str)]) -> Endpoint {
-    let mut conf = node.config(Some("1.0.0"));
-    let labels: Vec<_> = labels
-        .iter()
-        .map(|(k, v)| json!({"key": k, "value": v}))
-        .collect();
-    conf["args"] = json!({"cni": {"labels": labels}});
-    let inv = Invocation::new("ADD", &container.name, &container.path());
-    node.cni(&inv, &conf).ok();
-    let (status, body) = node.agent.http(
-        "GET",
-        &format!("/endpoint/container-id:{}", container.name),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("endpoint")
-}
 
 fn v4(e: &Endpoint) -> IpAddr {
     e.addressing.ipv4.expect("ipv4")
@@ -119,20 +99,6 @@ impl Drop for Monitor {
     }
 }
 
-/// Drop counters by (reason, direction) from `GET /healthz`.
-fn drops(agent: &Agent, reason: u8, direction: &str) -> u64 {
-    let (status, body) = agent.http("GET", "/healthz", None);
-    assert_eq!(status, 200, "{body}");
-    let s: StatusResponse = serde_json::from_str(&body).expect("status");
-    s.datapath
-        .expect("datapath status")
-        .counters
-        .iter()
-        .filter(|c| c.reason == reason && c.direction == direction)
-        .map(|c| c.packets)
-        .sum()
-}
-
 const ANY: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
@@ -187,9 +153,9 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
     let c1 = Netns::new("dpl4a");
     let c2 = Netns::new("dpl4b");
     let c3 = Netns::new("dpl4c");
-    let e1 = add(&node, &c1, &[("id", "app1")]);
-    let e2 = add(&node, &c2, &[("id", "app2")]);
-    let e3 = add(&node, &c3, &[("id", "app3")]);
+    let e1 = node.add_labeled(&c1, &[("id", "app1")]);
+    let e2 = node.add_labeled(&c2, &[("id", "app2")]);
+    let e3 = node.add_labeled(&c3, &[("id", "app3")]);
     // `[::]` sockets are dual-stack: one server per port answers both families.
     let servers: Vec<EchoServer> = [80, 81]
         .iter()
@@ -252,8 +218,8 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
     monitor.expect("159 app2 -> app1:81", |e| {
         e.code == 159 && e.src_identity == id2 && e.dst_identity == id1 && e.summary.contains(":81")
     });
-    assert!(drops(&node.agent, 133, "ingress") >= 2);
-    assert!(drops(&node.agent, 159, "ingress") >= 2);
+    assert!(node.agent.drops(133, "ingress") >= 2);
+    assert!(node.agent.drops(159, "ingress") >= 2);
 
     // The connection opened before the policy still flows, also after the same policy is
     // imported again.
@@ -439,10 +405,10 @@ fn cidr_requires_udp_icmp_spoofing_and_host_traffic() {
     let front_prod = Netns::new("dpcdf");
     let front_qa = Netns::new("dpcdq");
     let back_prod = Netns::new("dpcdb");
-    let ec = add(&node, &client, &[("app", "cidrclient")]);
-    let _ef = add(&node, &front_prod, &[("role", "frontend"), ("env", "prod")]);
-    let _eq = add(&node, &front_qa, &[("role", "frontend"), ("env", "qa")]);
-    let eb = add(&node, &back_prod, &[("role", "backend"), ("env", "prod")]);
+    let ec = node.add_labeled(&client, &[("app", "cidrclient")]);
+    let _ef = node.add_labeled(&front_prod, &[("role", "frontend"), ("env", "prod")]);
+    let _eq = node.add_labeled(&front_qa, &[("role", "frontend"), ("env", "qa")]);
+    let eb = node.add_labeled(&back_prod, &[("role", "backend"), ("env", "prod")]);
     let _back = EchoServer::start(&back_prod.name, sa(ANY, 53));
     let _client_server = EchoServer::start(&client.name, sa(ANY, 53));
     let ns = |n: &Netns| n.name.clone();
@@ -522,7 +488,7 @@ fn cidr_requires_udp_icmp_spoofing_and_host_traffic() {
     }
 
     // A container cannot send from an address that is not its own.
-    let spoofed_before = drops(&node.agent, 132, "egress");
+    let spoofed_before = node.agent.drops(132, "egress");
     front_prod.exec_ok(&["ip", "addr", "add", "10.23.250.250/32", "dev", "eth0"]);
     assert!(
         !ping(
@@ -532,7 +498,7 @@ fn cidr_requires_udp_icmp_spoofing_and_host_traffic() {
         ),
         "spoofed source must be dropped"
     );
-    assert!(drops(&node.agent, 132, "egress") > spoofed_before);
+    assert!(node.agent.drops(132, "egress") > spoofed_before);
 
     node.sh(&["ip", "link", "del", &link]);
 }
@@ -625,21 +591,21 @@ fn node_processes_cannot_pass_for_a_local_endpoint() {
     let node = Node::start("dpsp");
     let ca = Netns::new("dpspa");
     let cb = Netns::new("dpspb");
-    let ea = add(&node, &ca, &[("id", "app2")]);
-    let eb = add(&node, &cb, &[("id", "app1")]);
+    let ea = node.add_labeled(&ca, &[("id", "app2")]);
+    let eb = node.add_labeled(&cb, &[("id", "app1")]);
     let _server = EchoServer::start(&cb.name, sa(ANY, 9999));
     // The real endpoint A reaches B.
     assert!(udp_works(&ca.name, sa(v4(&eb), 9999)));
     assert!(udp_works(&ca.name, sa(v6(&eb), 9999)));
     let count_132 = |what: &str, send: &dyn Fn()| {
-        let before = drops(&node.agent, 132, "ingress");
+        let before = node.agent.drops(132, "ingress");
         send();
         let deadline = Instant::now() + Duration::from_secs(3);
-        while drops(&node.agent, 132, "ingress") == before && Instant::now() < deadline {
+        while node.agent.drops(132, "ingress") == before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
-            drops(&node.agent, 132, "ingress"),
+            node.agent.drops(132, "ingress"),
             before + 1,
             "{what} is dropped as spoofed on its way into B"
         );

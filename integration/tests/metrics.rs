@@ -8,11 +8,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use cilium_api::models::Endpoint;
 use integration::cni::{Invocation, Node};
 use integration::traffic::{in_netns, tcp_connect, tcp_works, EchoServer};
 use integration::{require_root, test_dir, Agent, AgentOptions, Netns};
-use serde_json::json;
 
 /// The metrics address inside the node namespace (a fresh namespace: the port is free).
 const METRICS: &str = "127.0.0.1:9962";
@@ -220,21 +218,6 @@ fn listening(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// ADD of a container labelled `id=<app>`.
-fn add_app(node: &Node, container: &Netns, app: &str) -> Endpoint {
-    let mut conf = node.config(Some("1.0.0"));
-    conf["args"] = json!({"cni": {"labels": [{"key": "id", "value": app}]}});
-    let inv = Invocation::new("ADD", &container.name, &container.path());
-    node.cni(&inv, &conf).ok();
-    let (status, body) = node.agent.http(
-        "GET",
-        &format!("/endpoint/container-id:{}", container.name),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("endpoint")
-}
-
 const API: &str = "cilium_api_request_duration_seconds";
 const CNI: &str = "cilium_cni_request_duration_seconds";
 
@@ -348,7 +331,7 @@ fn metrics_follow_api_cni_and_datapath() {
     // CNI: one ADD is one `add` observation (and a 201 of PUT /endpoint/{id}).
     let c1 = Netns::new("mtra");
     let c2 = Netns::new("mtrb");
-    let e1 = add_app(&node, &c1, "app1");
+    let e1 = node.add_labeled(&c1, &[("id", "app1")]);
     let added = scrape(&node);
     assert_eq!(
         added.value(&format!("{CNI}_count"), &[("op", "add")]),
@@ -380,7 +363,7 @@ fn metrics_follow_api_cni_and_datapath() {
         added.value("cilium_endpoint_count", &[("state", "ready")]),
         Some(1.0)
     );
-    let _e2 = add_app(&node, &c2, "app3");
+    let _e2 = node.add_labeled(&c2, &[("id", "app3")]);
 
     // A denied connection moves the drop counter (ingress, policy reasons).
     let server = EchoServer::start(&c1.name, SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 80));

@@ -9,26 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cilium_api::models::Endpoint;
-use integration::cni::{Invocation, Node};
+use integration::cni::Node;
 use integration::traffic::{tcp_connect, tcp_works, EchoServer};
 use integration::{require_root, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
-use serde_json::json;
-
-fn add(node: &Node, container: &Netns, id: &str) -> Endpoint {
-    let mut conf = node.config(Some("1.0.0"));
-    conf["args"] = json!({"cni": {"labels": [{"key": "id", "value": id}]}});
-    let inv = Invocation::new("ADD", &container.name, &container.path());
-    node.cni(&inv, &conf).ok();
-    let (status, body) = node.agent.http(
-        "GET",
-        &format!("/endpoint/container-id:{}", container.name),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("endpoint")
-}
 
 /// What the agent reports that must not change across restarts.
 fn snapshot(agent: &Agent) -> (String, String, String) {
@@ -59,9 +43,9 @@ fn stream_keeps_flowing_across_ten_agent_restarts() {
     let app1 = Netns::new("rsta");
     let app2 = Netns::new("rstb");
     let app3 = Netns::new("rstc");
-    let e1 = add(&node, &app1, "app1");
-    add(&node, &app2, "app2");
-    add(&node, &app3, "app3");
+    let e1 = node.add_labeled(&app1, &[("id", "app1")]);
+    node.add_labeled(&app2, &[("id", "app2")]);
+    node.add_labeled(&app3, &[("id", "app3")]);
     let server_ip: IpAddr = e1.addressing.ipv4.expect("ipv4");
     let _server = EchoServer::start(&app1.name, SocketAddr::new(server_ip, 80));
     let policy = node.dir.path().join("policy.json");

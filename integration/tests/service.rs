@@ -11,31 +11,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cilium_api::models::{Endpoint, Service, StatusResponse};
-use integration::cni::{Invocation, Node};
+use cilium_api::models::{Endpoint, Service};
+use integration::cni::Node;
 use integration::traffic::in_netns;
 use integration::{require_root, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
 use serde_json::json;
-
-/// ADD of a container with the runtime labels `labels` (key=value).
-fn add(node: &Node, container: &Netns, labels: &[(&str, &str)]) -> Endpoint {
-    let mut conf = node.config(Some("1.0.0"));
-    let labels: Vec<_> = labels
-        .iter()
-        .map(|(k, v)| json!({"key": k, "value": v}))
-        .collect();
-    conf["args"] = json!({"cni": {"labels": labels}});
-    let inv = Invocation::new("ADD", &container.name, &container.path());
-    node.cni(&inv, &conf).ok();
-    let (status, body) = node.agent.http(
-        "GET",
-        &format!("/endpoint/container-id:{}", container.name),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).expect("endpoint")
-}
 
 /// A backend: on every TCP connection it first sends its tag and a newline, then echoes;
 /// every UDP datagram is answered with the tag. Stops on drop.
@@ -194,20 +175,6 @@ fn put_service(agent: &Agent, id: u16, frontend: &str, backends: &[(IpAddr, u16,
     assert!(svc.status.is_some(), "the datapath serves it: {reply}");
 }
 
-/// Drop counters by (reason, direction) from `GET /healthz`.
-fn drops(agent: &Agent, reason: u8, direction: &str) -> u64 {
-    let (status, body) = agent.http("GET", "/healthz", None);
-    assert_eq!(status, 200, "{body}");
-    let s: StatusResponse = serde_json::from_str(&body).expect("status");
-    s.datapath
-        .expect("datapath status")
-        .counters
-        .iter()
-        .filter(|c| c.reason == reason && c.direction == direction)
-        .map(|c| c.packets)
-        .sum()
-}
-
 fn within(counts: &BTreeMap<String, usize>, tag: &str, expected: f64) {
     let got = counts.get(tag).copied().unwrap_or(0) as f64;
     assert!(
@@ -224,10 +191,10 @@ fn tcp_service_spreads_by_weight_and_survives_backend_changes_and_restarts() {
     let mut node = Node::start("svct");
     let client = Netns::new("svtc");
     let nets: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("svtb{i}"))).collect();
-    add(&node, &client, &[("id", "client")]);
+    node.add_labeled(&client, &[("id", "client")]);
     let eps: Vec<Endpoint> = nets
         .iter()
-        .map(|n| add(&node, n, &[("id", "backend")]))
+        .map(|n| node.add_labeled(n, &[("id", "backend")]))
         .collect();
     let ip = |i: usize| eps[i].addressing.ipv4.expect("ipv4");
     let _servers: Vec<Backend> = nets
@@ -377,10 +344,10 @@ fn udp_ipv6_and_services_without_backends() {
     let node = Node::start("svcu");
     let client = Netns::new("svuc");
     let nets: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("svub{i}"))).collect();
-    add(&node, &client, &[("id", "client")]);
+    node.add_labeled(&client, &[("id", "client")]);
     let eps: Vec<Endpoint> = nets
         .iter()
-        .map(|n| add(&node, n, &[("id", "backend")]))
+        .map(|n| node.add_labeled(n, &[("id", "backend")]))
         .collect();
     let _servers: Vec<Backend> = nets
         .iter()
@@ -430,14 +397,14 @@ fn udp_ipv6_and_services_without_backends() {
 
     // A frontend without backends drops with reason 158 (no service backend).
     put_service(&node.agent, 9, "10.96.0.99:80/tcp", &[]);
-    let before = drops(&node.agent, 158, "egress");
+    let before = node.agent.drops(158, "egress");
     let t = Instant::now();
     assert!(Conn::open(&client.name, "10.96.0.99:80".parse().unwrap()).is_err());
     assert!(
         t.elapsed() >= Duration::from_secs(1),
         "dropped, not refused"
     );
-    assert!(drops(&node.agent, 158, "egress") > before);
+    assert!(node.agent.drops(158, "egress") > before);
     let lb = node.agent.cli(&["bpf", "lb", "list"]).ok();
     assert!(lb.contains("(no backend)"), "{lb}");
 
@@ -472,9 +439,9 @@ fn policy_applies_to_the_backend_with_the_client_as_source() {
     let app1 = Netns::new("svpa");
     let app2 = Netns::new("svpb");
     let app3 = Netns::new("svpc");
-    let e1 = add(&node, &app1, &[("id", "app1")]);
-    let e2 = add(&node, &app2, &[("id", "app2")]);
-    let e3 = add(&node, &app3, &[("id", "app3")]);
+    let e1 = node.add_labeled(&app1, &[("id", "app1")]);
+    let e2 = node.add_labeled(&app2, &[("id", "app2")]);
+    let e3 = node.add_labeled(&app3, &[("id", "app3")]);
     let _server = Backend::start(&app1.name, 80, "app1");
     let policy = node.dir.path().join("l3l4.json");
     std::fs::write(
@@ -500,11 +467,11 @@ fn policy_applies_to_the_backend_with_the_client_as_source() {
     let frontend: SocketAddr = "10.96.0.80:8000".parse().unwrap();
     let conn = Conn::open(&app2.name, frontend).expect("app2 -> service -> app1");
     assert_eq!(conn.tag, "app1");
-    let before = drops(&node.agent, 133, "ingress");
+    let before = node.agent.drops(133, "ingress");
     assert!(
         Conn::open(&app3.name, frontend).is_err(),
         "app3 is denied by app1's policy through the service too"
     );
-    assert!(drops(&node.agent, 133, "ingress") > before);
+    assert!(node.agent.drops(133, "ingress") > before);
     let _ = (e2, e3);
 }
