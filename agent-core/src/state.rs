@@ -18,6 +18,9 @@ const IPAM_FILE: &str = "ipam.json";
 const POLICY_FILE: &str = "policy.json";
 const SERVICES_FILE: &str = "services.json";
 const ENDPOINTS_DIR: &str = "endpoints";
+/// Endpoints deleted whose links are still being removed (the background half of a DELETE):
+/// what a crash in between leaves for the next start to finish.
+const TEARDOWN_DIR: &str = "teardown";
 const TMP_SUFFIX: &str = ".tmp";
 
 /// Errors of the state directory.
@@ -83,11 +86,13 @@ impl StateDir {
             }
         }
         let endpoints = root.join(ENDPOINTS_DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&endpoints)
-            .map_err(io_err("create state directory", &endpoints))?;
+        for dir in [endpoints.clone(), root.join(TEARDOWN_DIR)] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err("create state directory", &dir))?;
+        }
         let lock_path = root.join(LOCK_FILE);
         let lock = match lock_exclusive(&lock_path).map_err(io_err("lock", &lock_path))? {
             Some(file) => file,
@@ -132,10 +137,54 @@ impl StateDir {
         self.root.join(ENDPOINTS_DIR).join(format!("{id}.json"))
     }
 
+    /// Where a deleted endpoint's record waits until its links are gone; named by endpoint id
+    /// and link index, so that an id used again meanwhile cannot take its place.
+    pub fn teardown_path(&self, id: u16, link_index: u32) -> PathBuf {
+        self.root
+            .join(TEARDOWN_DIR)
+            .join(format!("{id}-{link_index}.json"))
+    }
+
+    /// Moves endpoint `id`'s file out of the endpoints to [`StateDir::teardown_path`]: the
+    /// endpoint is gone for the next start, which still finds its links to remove if the
+    /// teardown did not finish. `Ok(false)` when the endpoint had no file.
+    pub fn begin_teardown(&self, id: u16, link_index: u32) -> Result<bool, StateError> {
+        let from = self.endpoint_path(id);
+        let to = self.teardown_path(id, link_index);
+        match fs::rename(&from, &to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => {
+                // The endpoint must go in any case; only the record of the teardown is lost.
+                let _ = self.remove(&from);
+                Err(io_err("move for teardown", &from)(e))
+            }
+        }
+    }
+
+    /// The records of teardowns that have not finished.
+    pub fn teardown_files(&self) -> Result<Vec<PathBuf>, StateError> {
+        let dir = self.root.join(TEARDOWN_DIR);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let path = entry.map_err(io_err("read", &dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".json") && !name.starts_with('.') {
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Temp files left by a write that was interrupted (the rename never happened, so the
     /// previous version of the file is intact).
     fn remove_temp_files(&self) -> Result<(), StateError> {
-        for dir in [self.root.clone(), self.root.join(ENDPOINTS_DIR)] {
+        for dir in [
+            self.root.clone(),
+            self.root.join(ENDPOINTS_DIR),
+            self.root.join(TEARDOWN_DIR),
+        ] {
             for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
                 let path = entry.map_err(io_err("read", &dir))?.path();
                 if path.to_string_lossy().ends_with(TMP_SUFFIX) {
@@ -157,6 +206,19 @@ impl StateDir {
             &self.endpoints_handle
         };
         write_atomic(path, &bytes, dir)
+    }
+
+    /// Like [`StateDir::write_json`], atomic towards a crash of the agent, but not flushed to
+    /// disk: for records of kernel state that does not survive a reboot either (the links an
+    /// attach is making), where the cost of two fsyncs on every request buys nothing.
+    pub fn write_json_unsynced<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| io_err("serialize", path)(io::Error::other(e)))?;
+        write_renamed(path, &bytes, None)
     }
 
     /// Reads a JSON file. `Ok(None)` when it does not exist. A file that cannot be parsed is
@@ -234,6 +296,9 @@ impl StateDir {
         for (_, path) in self.endpoint_files()? {
             self.remove(&path)?;
         }
+        for path in self.teardown_files()? {
+            self.remove(&path)?;
+        }
         Ok(())
     }
 }
@@ -258,6 +323,12 @@ pub fn lock_exclusive(path: &Path) -> io::Result<Option<File>> {
 /// crash: temp file in the same directory, fsync, rename, fsync of the directory (`dir`, an
 /// open handle of the file's directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], dir: &File) -> Result<(), StateError> {
+    write_renamed(path, bytes, Some(dir))
+}
+
+/// Temp file, rename; with `sync` (the open directory), fsync of the file before the rename
+/// and of the directory after it.
+fn write_renamed(path: &Path, bytes: &[u8], sync: Option<&File>) -> Result<(), StateError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -271,11 +342,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], dir: &File) -> Result<(), StateEr
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
     file.write_all(bytes).map_err(io_err("write", &tmp))?;
-    file.sync_data().map_err(io_err("fsync", &tmp))?;
+    if sync.is_some() {
+        file.sync_data().map_err(io_err("fsync", &tmp))?;
+    }
     drop(file);
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    dir.sync_all().map_err(io_err("fsync directory", parent))
+    match sync {
+        Some(dir) => {
+            let parent = path.parent().unwrap_or(Path::new("."));
+            dir.sync_all().map_err(io_err("fsync directory", parent))
+        }
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +431,32 @@ mod tests {
         assert!(matches!(err, StateError::Locked { .. }), "{err}");
         drop(first);
         StateDir::open(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn a_teardown_moves_the_endpoint_file_aside_until_it_is_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let value = Sample {
+            a: 3,
+            b: "lxc".into(),
+        };
+        dir.write_json_unsynced(&dir.endpoint_path(3), &value)
+            .unwrap();
+        assert!(dir.begin_teardown(3, 42).unwrap());
+        assert!(dir.endpoint_files().unwrap().is_empty());
+        assert_eq!(
+            dir.teardown_files().unwrap(),
+            vec![dir.teardown_path(3, 42)]
+        );
+        assert_eq!(
+            dir.read_json::<Sample>(&dir.teardown_path(3, 42)).unwrap(),
+            Some(value)
+        );
+        // No file: nothing to move.
+        assert!(!dir.begin_teardown(4, 43).unwrap());
+        dir.remove(&dir.teardown_path(3, 42)).unwrap();
+        assert!(dir.teardown_files().unwrap().is_empty());
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct FakeAgent {
     pub fail: RefCell<HashMap<&'static str, u16>>,
     /// Every request fails to connect.
     pub unreachable: Cell<bool>,
+    /// The next this many requests fail to connect (an agent restarting).
+    pub unreachable_for: Cell<u32>,
+    /// `endpoint_create` creates the endpoint but its reply is lost (unusable).
+    pub lost_reply: Cell<bool>,
     /// What `endpoint_health` answers.
     pub health: RefCell<EndpointHealth>,
     /// What `endpoint_delete` answers on success.
@@ -88,7 +92,11 @@ impl FakeAgent {
         self.calls
             .borrow_mut()
             .push(format!("{op} {target}").trim().to_string());
-        if self.unreachable.get() {
+        let down = self.unreachable_for.get();
+        if down > 0 {
+            self.unreachable_for.set(down - 1);
+        }
+        if self.unreachable.get() || down > 0 {
             return Err(ClientError::Connect {
                 path: self.socket.clone(),
                 source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
@@ -165,6 +173,12 @@ impl Agent for FakeAgent {
         ep.pod_name = request.pod_name.clone().unwrap_or_default();
         ep.mtu = request.mtu.unwrap_or(1500);
         self.endpoints.borrow_mut().push(ep.clone());
+        if self.lost_reply.get() {
+            return Err(ClientError::Decode {
+                what: format!("PUT /endpoint/{id}"),
+                source: serde_json::from_str::<u8>("").unwrap_err(),
+            });
+        }
         Ok(ep)
     }
 

@@ -1,8 +1,9 @@
 //! Endpoints the agent puts on the network itself (CNI): create in three steps so that the
 //! netlink work runs without the agent lock held. (1) Under the lock: validate, take an id,
-//! allocate or claim the addresses, and register the endpoint as attaching. (2) Unlocked:
-//! build the veth pair, addresses and routes. (3) Under the lock: record the links and
-//! write the endpoint and IPAM state. A failure at any step undoes the steps before it.
+//! allocate or claim the addresses, register the endpoint as attaching and write its record
+//! in state `creating`. (2) Unlocked: build the veth pair, addresses and routes. (3) Under
+//! the lock: record the links and write the endpoint and IPAM state. A failure at any step
+//! undoes the steps before it; a crash between (1) and (3) is undone at the next start.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -29,6 +30,7 @@ pub const DEFAULT_IFNAME: &str = "eth0";
 
 /// The background half of deleting an attached endpoint.
 struct Teardown {
+    id: u16,
     link_index: u32,
     link_name: String,
     owner: String,
@@ -55,6 +57,11 @@ impl Teardown {
         }
         if let Err(e) = save_ipam(&self.ipam, &inner) {
             tracing::warn!("cannot save IPAM after a teardown: {e}");
+        }
+        // Done: the next start has nothing of this endpoint left to remove.
+        let record = inner.state.teardown_path(self.id, self.link_index);
+        if let Err(e) = inner.state.remove(&record) {
+            tracing::warn!("cannot remove the record of a finished teardown: {e}");
         }
     }
 }
@@ -120,6 +127,7 @@ impl Agent {
         let reserved = self.reserve_endpoint(
             id,
             &req,
+            &host_name,
             Plumbing {
                 netns_path: netns_path.clone(),
                 container_interface_name: ifname.clone(),
@@ -214,6 +222,7 @@ impl Agent {
         let reserved = self.reserve_endpoint(
             id,
             &req,
+            &host_name,
             Plumbing {
                 mtu,
                 gateway: routers.clone(),
@@ -296,6 +305,8 @@ impl Agent {
             self.undo_claims(&reserved.claims);
             self.ipam.release_pair(&reserved.allocated);
             let _ = self.persist_ipam(&inner);
+            // The record of step (1); persist_new_endpoint removed it already if it failed.
+            let _ = inner.state.remove(&inner.state.endpoint_path(record.id));
             drop(inner);
             let _ = link::detach(host_name);
             return Err(e);
@@ -306,11 +317,15 @@ impl Agent {
         Ok(api)
     }
 
-    /// Step (1): register the endpoint (in memory only) with its addresses.
+    /// Step (1): register the endpoint with its addresses, in state `creating`, and write
+    /// that record before any link exists: after a crash from here until step (3), the next
+    /// start finds the record and removes the endpoint with the links of `host_name`. (Not
+    /// flushed to disk: a reboot removes the links as well.)
     fn reserve_endpoint(
         &self,
         id: &EndpointId,
         req: &EndpointChangeRequest,
+        host_name: &str,
         plumbing: Plumbing,
     ) -> Result<Reserved, AgentError> {
         let mut inner = lock(&self.inner);
@@ -320,6 +335,7 @@ impl Agent {
         };
         let mut record = self.new_record(&mut inner, id, &req)?;
         record.plumbing = plumbing;
+        record.interface_name = host_name.to_string();
         let (claims, allocated) = if record.plumbing.is_docker() {
             self.check_docker_addresses(&inner, &record)?;
             // The container's labels come from the Docker watcher; until then the endpoint
@@ -339,6 +355,14 @@ impl Agent {
             )
         };
         let id = record.id;
+        if let Err(e) = inner
+            .state
+            .write_json_unsynced(&inner.state.endpoint_path(id), &record)
+        {
+            self.undo_claims(&claims);
+            self.ipam.release_pair(&allocated);
+            return Err(e.into());
+        }
         inner.attaching.insert(id);
         inner.endpoints.insert(record);
         Ok(Reserved {
@@ -381,13 +405,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Undoes step (1) after a failed step (2).
+    /// Undoes step (1) after a failed step (2) (which removed the links it made).
     fn abandon(&self, reserved: &Reserved) {
         let mut inner = lock(&self.inner);
         inner.attaching.remove(&reserved.id);
         inner.endpoints.remove(reserved.id);
         self.undo_claims(&reserved.claims);
         self.ipam.release_pair(&reserved.allocated);
+        if let Err(e) = inner.state.remove(&inner.state.endpoint_path(reserved.id)) {
+            tracing::warn!(
+                endpoint = reserved.id,
+                "cannot remove the record of a failed attach: {e}"
+            );
+        }
     }
 
     /// Sets up `cilium_host` once per agent process (again after a failure).
@@ -408,9 +438,9 @@ impl Agent {
     /// once (registry and state file); its veth pair is deleted on a background thread,
     /// because the kernel's teardown of a veth pair waits for RCU grace periods (20-50 ms
     /// here) while nothing else needs to wait for it. Its addresses stay allocated until the
-    /// links are gone, so no new endpoint can get an address whose route still exists. An
-    /// agent stopped in between releases them at its next start (endpoint files and IPAM are
-    /// reconciled).
+    /// links are gone, so no new endpoint can get an address whose route still exists. The
+    /// endpoint's file moves to the teardown records until then: an agent stopped in between
+    /// finishes the teardown at its next start (links removed, addresses released).
     pub(super) fn endpoint_detach(&self, n: u16) -> Result<DeleteOutcome, AgentError> {
         let mut inner = lock(&self.inner);
         if inner.attaching.contains(&n) {
@@ -427,11 +457,12 @@ impl Agent {
         self.unenforce_endpoint(&inner, &record);
         self.release_endpoint_identity(&mut inner, &record);
         let mut errors = Vec::new();
-        if let Err(e) = inner.state.remove(&inner.state.endpoint_path(n)) {
+        if let Err(e) = inner.state.begin_teardown(n, record.interface_index) {
             errors.push(e.to_string());
         }
         drop(inner);
         let teardown = Teardown {
+            id: n,
             link_index: record.interface_index,
             link_name: record.interface_name.clone(),
             owner: record.owner_tag(),
