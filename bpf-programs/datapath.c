@@ -16,6 +16,7 @@
 #include "policy.h"
 #include "frag.h"
 #include "lb.h"
+#include "sock.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

@@ -475,3 +475,94 @@ fn policy_applies_to_the_backend_with_the_client_as_source() {
     assert!(node.agent.drops(133, "ingress") > before);
     let _ = (e2, e3);
 }
+
+#[test]
+fn node_processes_reach_frontends() {
+    if !require_root("node_processes_reach_frontends") {
+        return;
+    }
+    let mut node = Node::start("svcn");
+    let nets: Vec<Netns> = (0..2).map(|i| Netns::new(&format!("svnb{i}"))).collect();
+    let eps: Vec<Endpoint> = nets
+        .iter()
+        .map(|n| node.add_labeled(n, &[("id", "backend")]))
+        .collect();
+    let _servers: Vec<Backend> = nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Backend::start(&n.name, 8080, &format!("b{i}")))
+        .collect();
+    let status = node.agent.cli(&["status"]).ok();
+    assert!(!status.contains("not translated"), "{status}");
+    let v4 = |i: usize| eps[i].addressing.ipv4.expect("ipv4");
+    let v6 = |i: usize| eps[i].addressing.ipv6.expect("ipv6");
+    put_service(
+        &node.agent,
+        20,
+        "10.96.0.40:80/any",
+        &[(v4(0), 8080, 1), (v4(1), 8080, 1)],
+    );
+    put_service(
+        &node.agent,
+        21,
+        "[fd00:96::40]:80/tcp",
+        &[(v6(0), 8080, 1), (v6(1), 8080, 1)],
+    );
+
+    // TCP from a process of the node: connect() is sent to a backend, in turn.
+    let mut tags = BTreeMap::new();
+    for frontend in ["10.96.0.40:80", "[fd00:96::40]:80"] {
+        let to: SocketAddr = frontend.parse().unwrap();
+        for _ in 0..4 {
+            let stream = in_netns(&node.netns.name, move || {
+                TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            })
+            .unwrap_or_else(|e| panic!("node -> {to}: {e}"));
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut tag = String::new();
+            BufReader::new(stream).read_line(&mut tag).expect("tag");
+            *tags.entry(tag.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(tags.get("b0"), Some(&4), "{tags:?}");
+    assert_eq!(tags.get("b1"), Some(&4), "{tags:?}");
+
+    // UDP, connected and not: the answers come from the frontend.
+    let frontend: SocketAddr = "10.96.0.40:80".parse().unwrap();
+    let tag = udp_tag(&node.netns.name, frontend).expect("connected UDP from the node");
+    assert!(tag.starts_with('b'), "{tag}");
+    let sock = in_netns(&node.netns.name, || UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to(b"who", frontend).expect("send_to");
+    let mut buf = [0u8; 64];
+    let (n, from) = sock.recv_from(&mut buf).expect("answer");
+    assert_eq!(from, frontend, "the answer's source is the frontend");
+    assert!(buf[..n].starts_with(b"b"));
+
+    // The programs stay attached while the agent is down (pinned links), and a restarted
+    // agent's programs take over.
+    let node_tcp = |node: &Node| {
+        let to = SocketAddr::from(([10, 96, 0, 40], 80));
+        in_netns(&node.netns.name, move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        })
+    };
+    node.agent.stop_with(Signal::SIGKILL);
+    node_tcp(&node).expect("node -> frontend while the agent is down");
+    node.agent = Agent::start(
+        node.dir.path(),
+        &AgentOptions {
+            netns: Some(node.netns.name.clone()),
+            ..Default::default()
+        },
+    );
+    node_tcp(&node).expect("node -> frontend after the restart");
+
+    // Another namespace (a container) is not touched by the node's socket programs: it goes
+    // through its own datapath, which translates too.
+    let client = Netns::new("svnc");
+    node.add_labeled(&client, &[("id", "client")]);
+    assert!(Conn::open(&client.name, frontend).is_ok());
+}

@@ -374,6 +374,11 @@ impl Agent {
         if let Err(e) = dp.lb().sync(inner.services.iter()) {
             warnings.push(format!("services not all restored in the datapath: {e}"));
         }
+        if let Some(e) = dp.socket_lb_error() {
+            warnings.push(format!(
+                "services are not translated for the node's own processes: {e}"
+            ));
+        }
         drop(inner);
         self.set_datapath_debug(self.config.debug);
         tracing::info!(

@@ -87,6 +87,12 @@ const MAP_LAYOUT: &[(&str, MapType, usize, usize)] = {
             2,
             size_of::<abi::LbBackend>(),
         ),
+        (
+            "cilium_lb_sock",
+            MapType::LruHash,
+            32,
+            size_of::<abi::LbBackend>(),
+        ),
         ("cilium_frag4", MapType::LruHash, 12, 4),
         ("cilium_frag6", MapType::LruHash, 40, 4),
         (
@@ -235,8 +241,14 @@ pub fn load(globals: &Path) -> Result<Ebpf, DatapathError> {
         .to_path_buf();
     private_dir(&root, globals)?;
     drop_incompatible_pins(globals);
+    // The socket programs act only in this namespace (0: they act nowhere).
+    let cookie = super::sock::netns_cookie().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the network namespace cookie: {e}");
+        0
+    });
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(globals)
+        .override_global("NODE_NETNS_COOKIE", &cookie, true)
         .load(DATAPATH_OBJECT)
         .map_err(|e| DatapathError::Load(e.to_string()))?;
     for (name, _) in PROGRAMS {

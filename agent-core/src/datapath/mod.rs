@@ -8,6 +8,7 @@ pub mod lb;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
+pub mod sock;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub struct Datapath {
     programs: Mutex<Ebpf>,
     maps: Mutex<Maps>,
     lb: Mutex<lb::LbMaps>,
+    /// Why the node's own processes do not get services, if they do not.
+    socket_lb: Result<PathBuf, String>,
     /// The node's own addresses (the `host` identity), re-read by the agent's upkeep.
     host_addresses: Mutex<Vec<std::net::IpAddr>>,
     events: broadcast::Sender<Arc<MonitorEvent>>,
@@ -82,6 +85,14 @@ impl Datapath {
         let mut ebpf = loader::load(&globals)?;
         let maps = Maps::open(&mut ebpf)?;
         let lb = lb::LbMaps::open(&mut ebpf)?;
+        let socket_lb = sock::attach(&mut ebpf, root);
+        match &socket_lb {
+            Ok(cgroup) => tracing::info!(
+                cgroup = %cgroup.display(),
+                "services translated for the node's processes (cgroup socket programs)"
+            ),
+            Err(e) => tracing::warn!("services are not translated for the node's processes: {e}"),
+        }
         let ring =
             RingBuf::try_from(loader::take_map(&mut ebpf, "cilium_events")?).map_err(|e| {
                 DatapathError::Map {
@@ -98,6 +109,7 @@ impl Datapath {
             programs: Mutex::new(ebpf),
             maps: Mutex::new(maps),
             lb: Mutex::new(lb),
+            socket_lb,
             host_addresses: Mutex::new(Vec::new()),
             events,
             events_lost,
@@ -111,6 +123,11 @@ impl Datapath {
 
     pub fn maps(&self) -> MutexGuard<'_, Maps> {
         lock(&self.maps)
+    }
+
+    /// Why the node's own processes do not get services (`None`: they do).
+    pub fn socket_lb_error(&self) -> Option<&str> {
+        self.socket_lb.as_ref().err().map(String::as_str)
     }
 
     /// The load-balancing maps.
