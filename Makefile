@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra flags for `make run`, e.g. make run ARGS="--debug"
 ARGS ?=
 
-.PHONY: all deps build release run test lint unit integration bench soak clean
+.PHONY: all deps build release run test lint unit integration bench soak clean fuzz fuzz-smoke
 
 all: build
 
@@ -40,6 +40,7 @@ integration: build
 test: lint build
 	@install/deps.sh $(TEST_PACKAGES)
 	$(CARGO) test --workspace
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 # Side-by-side measurements (not tests): agent API vs host-local IPAM, cilium-cni vs the
 # reference plugins, policy resolution vs an address-based iptables rule set, docker run on a
@@ -63,6 +64,32 @@ soak: deps
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing with cargo fuzz (libFuzzer) of every parser of untrusted input: the CNI config and
+# environment, libnetwork request bodies, policy JSON, agent API bodies, monitor events (see
+# fuzz/README.md). Stable Rust: `-s none` needs no -Z flag. Each target runs FUZZ_SECONDS
+# (default 300) from its seeds in fuzz/corpus/<target> plus what earlier runs found
+# (fuzz/target/corpus/<target>, where new inputs go); crashes land in fuzz/artifacts/<target>.
+# All targets run; the make fails at the end if any crashed. fuzz-smoke: 20 s each, for CI.
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) fuzz build -s none
+	@secs=$(or $(FUZZ_SECONDS),300); failed=; \
+	for t in $$($(CARGO) fuzz list); do \
+	  mkdir -p fuzz/target/corpus/$$t fuzz/artifacts/$$t; \
+	  echo "== fuzz $$t for $${secs}s (log: fuzz/target/fuzz-$$t.log)"; \
+	  $(CARGO) fuzz run -s none $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$$secs -timeout=30 -print_final_stats=1 \
+	    > fuzz/target/fuzz-$$t.log 2>&1 || { failed="$$failed $$t"; tail -n 60 fuzz/target/fuzz-$$t.log; }; \
+	  grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' fuzz/target/fuzz-$$t.log || true; \
+	done; \
+	if [ -n "$$failed" ]; then \
+	  echo "make fuzz: crashes in:$$failed (inputs in fuzz/artifacts/<target>/; see fuzz/README.md)" >&2; \
+	  exit 1; \
+	fi
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
 
 # make install / make uninstall: the built binaries, the CNI plugin and the systemd units onto
 # this host, or with DESTDIR into a staging root (packages, tests). Variables:
