@@ -33,6 +33,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_lb_sock SEC(".maps");
 
+/* The address of ctx (user_ip4/6) into a (16 bytes, IPv4 in the first 4). */
+static __always_inline void sock_get_ip(const struct bpf_sock_addr *ctx, int fam, union addr *a)
+{
+	__u32 ip[4] = {};
+
+	if (fam == FAMILY_IPV4) {
+		ip[0] = ctx->user_ip4;
+	} else {
+		ip[0] = ctx->user_ip6[0];
+		ip[1] = ctx->user_ip6[1];
+		ip[2] = ctx->user_ip6[2];
+		ip[3] = ctx->user_ip6[3];
+	}
+	__builtin_memcpy(a->v6, ip, 16);
+}
+
+/* Sets the address and port of ctx to those of the backend or frontend `to`. */
+static __always_inline void sock_set(struct bpf_sock_addr *ctx, int fam, const struct lb_backend *to)
+{
+	__u32 ip[4];
+
+	__builtin_memcpy(ip, to->ip, 16);
+	if (fam == FAMILY_IPV4) {
+		ctx->user_ip4 = ip[0];
+	} else {
+		ctx->user_ip6[0] = ip[0];
+		ctx->user_ip6[1] = ip[1];
+		ctx->user_ip6[2] = ip[2];
+		ctx->user_ip6[3] = ip[3];
+	}
+	ctx->user_port = (__u32)to->port;
+}
+
 static __always_inline int sock_ours(struct bpf_sock_addr *ctx)
 {
 	return NODE_NETNS_COOKIE != 0 && bpf_get_netns_cookie(ctx) == NODE_NETNS_COOKIE;
@@ -57,16 +90,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int fam)
 		return 1;
 	p.proto = proto;
 	p.dport = (__be16)ctx->user_port;
-	if (fam == FAMILY_IPV4) {
-		p.daddr.v4 = ctx->user_ip4;
-	} else {
-		__u32 *a = (__u32 *)p.daddr.v6;
-
-		a[0] = ctx->user_ip6[0];
-		a[1] = ctx->user_ip6[1];
-		a[2] = ctx->user_ip6[2];
-		a[3] = ctx->user_ip6[3];
-	}
+	sock_get_ip(ctx, fam, &p.daddr);
 	svc = lb_svc_lookup(fam, &p);
 	if (!svc)
 		return 1;
@@ -90,21 +114,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, int fam)
 		__builtin_memcpy(fe.ip, p.daddr.v6, 16);
 		bpf_map_update_elem(&cilium_lb_sock, &k, &fe, BPF_ANY);
 	}
-	if (fam == FAMILY_IPV4) {
-		__u32 ip;
-
-		__builtin_memcpy(&ip, be->ip, 4);
-		ctx->user_ip4 = ip;
-	} else {
-		__u32 ip[4];
-
-		__builtin_memcpy(ip, be->ip, 16);
-		ctx->user_ip6[0] = ip[0];
-		ctx->user_ip6[1] = ip[1];
-		ctx->user_ip6[2] = ip[2];
-		ctx->user_ip6[3] = ip[3];
-	}
-	ctx->user_port = (__u32)be->port;
+	sock_set(ctx, fam, be);
 	return 1;
 }
 
@@ -115,40 +125,19 @@ static __always_inline int sock_rev(struct bpf_sock_addr *ctx, int fam)
 	struct lb_sock_key k = {
 		.family = fam,
 	};
+	union addr from = {};
 	struct lb_backend *fe;
 
 	if (!sock_ours(ctx))
 		return 1;
 	k.cookie = bpf_get_socket_cookie(ctx);
 	k.port = (__be16)ctx->user_port;
-	if (fam == FAMILY_IPV4) {
-		__u32 ip = ctx->user_ip4;
-
-		__builtin_memcpy(k.ip, &ip, 4);
-	} else {
-		__u32 ip[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
-				ctx->user_ip6[3] };
-
-		__builtin_memcpy(k.ip, ip, 16);
-	}
+	sock_get_ip(ctx, fam, &from);
+	__builtin_memcpy(k.ip, from.v6, 16);
 	fe = bpf_map_lookup_elem(&cilium_lb_sock, &k);
 	if (!fe)
 		return 1;
-	if (fam == FAMILY_IPV4) {
-		__u32 ip;
-
-		__builtin_memcpy(&ip, fe->ip, 4);
-		ctx->user_ip4 = ip;
-	} else {
-		__u32 ip[4];
-
-		__builtin_memcpy(ip, fe->ip, 16);
-		ctx->user_ip6[0] = ip[0];
-		ctx->user_ip6[1] = ip[1];
-		ctx->user_ip6[2] = ip[2];
-		ctx->user_ip6[3] = ip[3];
-	}
-	ctx->user_port = (__u32)fe->port;
+	sock_set(ctx, fam, fe);
 	return 1;
 }
 

@@ -418,23 +418,22 @@ fn killer(
 
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn hundred_parallel_adds_get_distinct_addresses() {
-    if !require_root("hundred_parallel_adds_get_distinct_addresses") {
-        return;
-    }
-    let node = Node::start("rlp");
-    let containers: Vec<Netns> = (0..N).map(|_| Netns::new("rlpc")).collect();
-    let conf = node.config(Some("1.0.0"));
-
-    let barrier = Barrier::new(N);
-    let runs: Vec<(Duration, PluginRun)> = std::thread::scope(|s| {
+/// Runs `command` for every container at once (threads released together), as containerd
+/// does; returns each run with its latency, in the containers' order.
+fn all_at_once(
+    node: &Node,
+    conf: &serde_json::Value,
+    containers: &[Netns],
+    command: &str,
+) -> Vec<(Duration, PluginRun)> {
+    let barrier = Barrier::new(containers.len());
+    std::thread::scope(|s| {
         let workers: Vec<_> = containers
             .iter()
             .map(|c| {
-                let (barrier, node, conf) = (&barrier, &node, &conf);
+                let barrier = &barrier;
                 s.spawn(move || {
-                    let inv = invocation("ADD", c);
+                    let inv = invocation(command, c);
                     barrier.wait();
                     let start = Instant::now();
                     let run = node.cni(&inv, conf);
@@ -444,9 +443,21 @@ fn hundred_parallel_adds_get_distinct_addresses() {
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().expect("ADD thread"))
+            .map(|w| w.join().expect("plugin thread"))
             .collect()
-    });
+    })
+}
+
+#[test]
+fn hundred_parallel_adds_get_distinct_addresses() {
+    if !require_root("hundred_parallel_adds_get_distinct_addresses") {
+        return;
+    }
+    let node = Node::start("rlp");
+    let containers: Vec<Netns> = (0..N).map(|_| Netns::new("rlpc")).collect();
+    let conf = node.config(Some("1.0.0"));
+
+    let runs = all_at_once(&node, &conf, &containers, "ADD");
 
     let mut latencies: Vec<Duration> = runs.iter().map(|(t, _)| *t).collect();
     latencies.sort();
@@ -474,26 +485,7 @@ fn hundred_parallel_adds_get_distinct_addresses() {
     );
     assert_gateways_answer(&containers.iter().collect::<Vec<_>>());
 
-    let barrier = Barrier::new(N);
-    let dels: Vec<(Duration, PluginRun)> = std::thread::scope(|s| {
-        let workers: Vec<_> = containers
-            .iter()
-            .map(|c| {
-                let (barrier, node, conf) = (&barrier, &node, &conf);
-                s.spawn(move || {
-                    let inv = invocation("DEL", c);
-                    barrier.wait();
-                    let start = Instant::now();
-                    let run = node.cni(&inv, conf);
-                    (start.elapsed(), run)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("DEL thread"))
-            .collect()
-    });
+    let dels = all_at_once(&node, &conf, &containers, "DEL");
     let mut del_latencies: Vec<Duration> = dels.iter().map(|(t, _)| *t).collect();
     del_latencies.sort();
     eprintln!(
