@@ -16,6 +16,7 @@ pub mod cni;
 pub mod containerd;
 pub mod docker;
 pub mod image;
+pub mod plain;
 pub mod traffic;
 
 use nix::sys::signal::{kill, Signal};

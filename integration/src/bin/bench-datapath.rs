@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration::cni::{Invocation, Node};
+use integration::plain::PlainPair;
 use integration::traffic::in_netns;
 use integration::{require_root, Netns};
 use serde_json::json;
@@ -137,56 +138,13 @@ fn stream(client: &str, server: &str, ip: IpAddr) -> f64 {
         / 1e9
 }
 
-/// A node namespace with two containers wired like the agent wires them (veth, /32
-/// routes, link-scoped gateway), without any program.
-struct Plain {
-    node: Netns,
-    client: Netns,
-    server: Netns,
-    client_ip: IpAddr,
-    server_ip: IpAddr,
-}
-
-impl Plain {
-    fn new(tag: &str, subnet: u8) -> Plain {
-        let node = Netns::new(&format!("bd{tag}n"));
-        let client = Netns::new(&format!("bd{tag}c"));
-        let server = Netns::new(&format!("bd{tag}s"));
-        for ns in [&node, &client, &server] {
-            track(ns);
-        }
-        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
-        let router = format!("10.{subnet}.0.1");
-        // The gateway address lives on the node's loopback (answers ARP from the veths).
-        node.exec_ok(&["ip", "addr", "add", &format!("{router}/32"), "dev", "lo"]);
-        let mut ips = Vec::new();
-        for (i, c) in [&client, &server].into_iter().enumerate() {
-            let ip = format!("10.{subnet}.0.{}", i + 2);
-            let host = format!("bd{tag}v{i}");
-            node.exec_ok(&[
-                "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
-                &c.name,
-            ]);
-            node.exec_ok(&["ip", "link", "set", &host, "up"]);
-            node.exec_ok(&["ip", "route", "add", &format!("{ip}/32"), "dev", &host]);
-            c.exec_ok(&["ip", "link", "set", "lo", "up"]);
-            c.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-            c.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            c.exec_ok(&[
-                "ip", "route", "add", &router, "dev", "eth0", "scope", "link",
-            ]);
-            c.exec_ok(&["ip", "route", "add", "default", "via", &router]);
-            ips.push(ip.parse().expect("ip"));
-        }
-        Plain {
-            node,
-            client,
-            server,
-            client_ip: ips[0],
-            server_ip: ips[1],
-        }
+/// The plain topology (no program) with its namespaces registered for the panic cleanup.
+fn plain(tag: &str, subnet: u8) -> PlainPair {
+    let p = PlainPair::new(&format!("bd{tag}"), subnet);
+    for ns in [&p.node, &p.client, &p.server] {
+        track(ns);
     }
+    p
 }
 
 fn join(v: &[f64], decimals: usize) -> String {
@@ -243,7 +201,7 @@ fn main() {
     );
 
     // (a) baseline.
-    let a = Plain::new("a", 61);
+    let a = plain("a", 61);
 
     // (b) this datapath with an enforced policy and 10,000 more identities.
     let node = Node::start("bdb");
@@ -306,7 +264,7 @@ fn main() {
     );
 
     // (c) iptables with 10,000 source rules.
-    let c = Plain::new("c", 62);
+    let c = plain("c", 62);
     let mut rules = String::from("*filter\n:FORWARD DROP [0:0]\n");
     rules.push_str("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
     for i in 0..EXTRA_IDENTITIES {

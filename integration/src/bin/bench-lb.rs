@@ -44,6 +44,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration::cni::Node;
+use integration::plain::PlainPair;
 use integration::traffic::in_netns;
 use integration::{require_root, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
@@ -246,41 +247,17 @@ struct Plain {
 
 impl Plain {
     fn new(tag: &str, subnet: u8) -> Plain {
-        let node = Netns::new(&format!("bl{tag}n"));
-        let client = Netns::new(&format!("bl{tag}c"));
-        let server = Netns::new(&format!("bl{tag}s"));
-        for ns in [&node, &client, &server] {
+        let p = PlainPair::new(&format!("bl{tag}"), subnet);
+        for ns in [&p.node, &p.client, &p.server] {
             track(ns);
         }
-        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let router = format!("10.{subnet}.0.1");
-        // The gateway address lives on the node's loopback (answers ARP from the veths).
-        node.exec_ok(&["ip", "addr", "add", &format!("{router}/32"), "dev", "lo"]);
-        let mut ips = Vec::new();
-        for (i, c) in [&client, &server].into_iter().enumerate() {
-            let ip = format!("10.{subnet}.0.{}", i + 2);
-            let host = format!("bl{tag}v{i}");
-            node.exec_ok(&[
-                "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
-                &c.name,
-            ]);
-            node.exec_ok(&["ip", "link", "set", &host, "up"]);
-            node.exec_ok(&["ip", "route", "add", &format!("{ip}/32"), "dev", &host]);
-            c.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-            c.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            c.exec_ok(&[
-                "ip", "route", "add", &router, "dev", "eth0", "scope", "link",
-            ]);
-            c.exec_ok(&["ip", "route", "add", "default", "via", &router]);
-            ips.push(ip.parse().expect("ip"));
-        }
-        serve(&server.name);
-        client_sysctls(&client.name);
+        serve(&p.server.name);
+        client_sysctls(&p.client.name);
         Plain {
-            node,
-            client,
-            _server: server,
-            server_ip: ips[1],
+            node: p.node,
+            client: p.client,
+            _server: p.server,
+            server_ip: p.server_ip,
         }
     }
 
