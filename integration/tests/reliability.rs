@@ -354,6 +354,47 @@ fn seed() -> u64 {
         })
 }
 
+/// Workers running the plugin at once while the agent is being killed.
+const WORKERS: usize = 12;
+
+/// Runs `each(i, container)` for every container, `WORKERS` at a time, while the killer
+/// SIGKILLs the agent `kills` times at random points of the phase and restarts it; returns
+/// the kills made.
+fn run_under_kills(
+    node: &mut Node,
+    rng: &mut Rng,
+    kills: usize,
+    containers: &[Netns],
+    abort: &AtomicBool,
+    phase: &str,
+    each: impl Fn(usize, &Netns) + Sync,
+) -> usize {
+    let busy = AtomicBool::new(true);
+    let next = AtomicUsize::new(0);
+    let agent = &mut node.agent;
+    let (dir, netns) = (node.dir.path(), node.netns.name.as_str());
+    std::thread::scope(|s| {
+        let killer =
+            s.spawn(|| killer(agent, (dir, netns), rng, kills, &next, &busy, abort, phase));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = containers.get(i) else {
+                        return;
+                    };
+                    each(i, c);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        busy.store(false, Ordering::Relaxed);
+        killer.join().expect("killer")
+    })
+}
+
 /// Kills the agent with SIGKILL `kills` times while a phase of `N` operations runs, and
 /// restarts it each time on the same socket, state and bpffs. The kills are spread over the
 /// phase: the k-th comes once a random share of the operations (within the k-th of `kills`
@@ -512,7 +553,6 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     if !require_root("sigkill_during_parallel_adds_and_dels_leaves_nothing_behind") {
         return;
     }
-    const WORKERS: usize = 12;
     let seed = seed();
     eprintln!("kill schedule seed {seed} (replay with RELIABILITY_SEED={seed})");
     let mut rng = Rng(seed);
@@ -524,49 +564,24 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     // ADDs, 12 at a time, while the agent is killed 3 or 4 times.
     let kills = rng.between(3, 4) as usize;
     let outcomes: Vec<Mutex<Option<Added>>> = (0..N).map(|_| Mutex::new(None)).collect();
-    let busy = AtomicBool::new(true);
-    let next = AtomicUsize::new(0);
-    let killed = {
-        let agent = &mut node.agent;
-        let (dir, netns) = (node.dir.path(), node.netns.name.as_str());
-        std::thread::scope(|s| {
-            let killer = s.spawn(|| {
-                killer(
-                    agent,
-                    (dir, netns),
-                    &mut rng,
-                    kills,
-                    &next,
-                    &busy,
-                    &abort,
-                    "ADD",
-                )
-            });
-            let workers: Vec<_> = (0..WORKERS)
-                .map(|_| {
-                    s.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = containers.get(i) else {
-                            return;
-                        };
-                        let run = run_retrying(&conf, &invocation("ADD", c), &abort);
-                        let outcome = if run.code == 0 {
-                            let (v4, v6) = result_ips(&run.ok());
-                            Added::Ok(v4, v6)
-                        } else {
-                            Added::Failed(run)
-                        };
-                        *outcomes[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().expect("ADD worker");
-            }
-            busy.store(false, Ordering::Relaxed);
-            killer.join().expect("killer")
-        })
-    };
+    let killed = run_under_kills(
+        &mut node,
+        &mut rng,
+        kills,
+        &containers,
+        &abort,
+        "ADD",
+        |i, c| {
+            let run = run_retrying(&conf, &invocation("ADD", c), &abort);
+            let outcome = if run.code == 0 {
+                let (v4, v6) = result_ips(&run.ok());
+                Added::Ok(v4, v6)
+            } else {
+                Added::Failed(run)
+            };
+            *outcomes[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        },
+    );
     let outcomes: Vec<Added> = outcomes
         .into_iter()
         .map(|o| {
@@ -705,49 +720,24 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
 
     // DELs, 12 at a time, while the agent is killed again.
     let kills = rng.between(3, 4) as usize;
-    let busy = AtomicBool::new(true);
-    let next = AtomicUsize::new(0);
     let del_failures = Mutex::new(BTreeMap::new());
-    let killed = {
-        let agent = &mut node.agent;
-        let (dir, netns) = (node.dir.path(), node.netns.name.as_str());
-        std::thread::scope(|s| {
-            let killer = s.spawn(|| {
-                killer(
-                    agent,
-                    (dir, netns),
-                    &mut rng,
-                    kills,
-                    &next,
-                    &busy,
-                    &abort,
-                    "DEL",
-                )
-            });
-            let workers: Vec<_> = (0..WORKERS)
-                .map(|_| {
-                    s.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(c) = containers.get(i) else {
-                            return;
-                        };
-                        let run = run_retrying(&conf, &invocation("DEL", c), &abort);
-                        if run.code != 0 {
-                            del_failures
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(c.name.clone(), run.stdout);
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().expect("DEL worker");
+    let killed = run_under_kills(
+        &mut node,
+        &mut rng,
+        kills,
+        &containers,
+        &abort,
+        "DEL",
+        |_, c| {
+            let run = run_retrying(&conf, &invocation("DEL", c), &abort);
+            if run.code != 0 {
+                del_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.name.clone(), run.stdout);
             }
-            busy.store(false, Ordering::Relaxed);
-            killer.join().expect("killer")
-        })
-    };
+        },
+    );
     let del_failures = del_failures.into_inner().unwrap_or_else(|p| p.into_inner());
     eprintln!(
         "DEL phase: {killed} kills, {} DELs failed",
