@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd
+TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd
 
 deps:
 	@install/deps.sh

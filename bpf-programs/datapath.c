@@ -4,6 +4,8 @@
  * veth of every endpoint:
  *   from_container  lxc ingress: packets the container sends
  *   to_container    lxc egress:  packets going into the container
+ * and one program to the overlay device (cilium_vxlan / cilium_geneve), include/overlay.h:
+ *   from_overlay    tunnel ingress: packets from other nodes' endpoints
  * One loaded copy serves every endpoint; all per-endpoint state is in the maps the agent
  * fills (include/abi.h). Connections to a service frontend are load-balanced in
  * from_container and their replies translated back in to_container (include/lb.h).
@@ -16,6 +18,7 @@
 #include "policy.h"
 #include "frag.h"
 #include "lb.h"
+#include "overlay.h"
 #include "sock.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -234,6 +237,9 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 	mark_from_lxc(skb, ep_id);
 	if (dst)
 		return deliver_local(skb, c, fam, &p, dst);
+	ret = overlay_send(skb, c, fam, &p.daddr, ep_identity);
+	if (ret >= 0)
+		return ret;
 
 	emit_trace(skb, c, TRACE_TO_STACK);
 	count_forward(skb, c);
@@ -268,7 +274,7 @@ int from_container(struct __sk_buff *skb)
 
 static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, int fam)
 {
-	__u32 len = skb->len, remote = IDENTITY_UNKNOWN;
+	__u32 len = skb->len, remote = IDENTITY_UNKNOWN, overlay_id;
 	struct endpoint_info *ep, *src;
 	struct ct_entry *entry;
 	__u16 ep_flags, ep_id;
@@ -313,6 +319,8 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	src = lxc_lookup(fam, &p.saddr);
 	if (src && !marked_from(skb, src->endpoint_id))
 		return drop(skb, c, DROP_INVALID_SIP);
+	/* From another node through the overlay: the identity its tunnel key carried. */
+	overlay_id = overlay_identity(skb->mark);
 	skb->mark = 0;
 
 	if (p.frag != FRAG_NONE) {
@@ -335,7 +343,7 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
 		/* The source identity: for the policy, and as the initiator of a new entry. */
 		if (ct == CT_NEW || (ep_flags & EP_F_POLICY_INGRESS)) {
-			remote = remote_identity(fam, &p.saddr, src);
+			remote = overlay_id ? overlay_id : remote_identity(fam, &p.saddr, src);
 			c->src_identity = remote;
 		}
 		if (ep_flags & EP_F_POLICY_INGRESS) {
@@ -378,4 +386,52 @@ int to_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	return drop(skb, &c, DROP_UNKNOWN_L3);
+}
+
+/* Packets from other nodes (overlay device ingress): the sender's identity is the tunnel key.
+ * A packet for a local endpoint goes to its device, where to_container applies the ingress
+ * policy with that identity; anything else (the node's own addresses) is the stack's. */
+SEC("classifier")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct endpoint_info *dst;
+	struct ethhdr *eth;
+	struct pkt p = {};
+	struct ev_ctx c;
+	__be16 proto;
+	int fam, ret;
+
+	ev_ctx_init(&c, DIR_INGRESS);
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, &c, DROP_NO_TUNNEL_KEY);
+	c.src_identity = key.tunnel_id;
+
+	eth = hdr_ptr(skb, 0, ETH_HLEN);
+	if (!eth)
+		return drop(skb, &c, DROP_INVALID);
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_IP))
+		fam = FAMILY_IPV4;
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		fam = FAMILY_IPV6;
+	else
+		return drop(skb, &c, DROP_UNKNOWN_L3);
+	ret = parse_ip(skb, &p, fam);
+	if (ret)
+		return drop(skb, &c, ret);
+
+	dst = lxc_lookup(fam, &p.daddr);
+	if (!dst) {
+		count_forward(skb, &c);
+		return TC_ACT_OK;
+	}
+	c.dst_endpoint = dst->endpoint_id;
+	c.dst_identity = dst->identity;
+	c.debug = debug_on(dst->flags);
+	if (c.debug)
+		emit_event(skb, &c, EVENT_TRACE << 8 | TRACE_FROM_OVERLAY,
+			   bpf_htonl(key.remote_ipv4), 0);
+	skb->mark = overlay_mark(key.tunnel_id);
+	return deliver_local(skb, &c, fam, &p, dst);
 }

@@ -62,6 +62,14 @@ impl Cidr {
         self.first() | (!mask(self.bits(), self.prefix) & max_of(self.bits()))
     }
 
+    /// Whether the two prefixes share an address (one contains the other); prefixes of
+    /// different families never do.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.family() == other.family()
+            && self.first() <= other.last()
+            && other.first() <= self.last()
+    }
+
     pub fn contains(&self, ip: &IpAddr) -> bool {
         Family::of(ip) == self.family()
             && to_u128(ip) & mask(self.bits(), self.prefix) == self.first()
@@ -191,6 +199,19 @@ mod tests {
         assert!(!c.contains(&"f00d::1".parse().unwrap()));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(&"1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn overlaps() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(c("10.1.0.0/16").overlaps(&c("10.1.128.0/17")));
+        assert!(c("10.1.128.0/17").overlaps(&c("10.1.0.0/16")));
+        assert!(c("10.1.0.0/16").overlaps(&c("10.1.0.0/16")));
+        assert!(c("0.0.0.0/0").overlaps(&c("10.1.0.0/16")));
+        assert!(!c("10.1.0.0/16").overlaps(&c("10.2.0.0/16")));
+        assert!(!c("10.1.0.0/24").overlaps(&c("10.1.1.0/24")));
+        assert!(c("f00d::/96").overlaps(&c("f00d::1:0/112")));
+        assert!(!c("0.0.0.0/0").overlaps(&c("::/0")));
     }
 
     #[test]

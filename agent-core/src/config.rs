@@ -111,9 +111,35 @@ pub struct AgentArgs {
     /// File of identity-relevant label prefixes, one per line
     #[arg(long, env = "CILIUM_LABEL_PREFIX_FILE", value_name = "FILE")]
     pub label_prefix_file: Option<PathBuf>,
-    /// Key-value store backend [default: embedded]
+    /// Key-value store backend: embedded, etcd or consul [default: embedded]
     #[arg(long, env = "CILIUM_KVSTORE", value_name = "BACKEND")]
     pub kvstore: Option<String>,
+    /// Key-value store options, `key=value`, comma-separated or repeated: etcd.address=URL,
+    /// etcd.config=FILE, consul.address=HOST:PORT
+    #[arg(
+        long,
+        env = "CILIUM_KVSTORE_OPT",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub kvstore_opt: Vec<String>,
+    /// Lifetime of this node's registration in the kvstore without renewal: how long other
+    /// nodes keep routing to a node whose agent stopped (1-3600) [default: 15]
+    #[arg(long, env = "CILIUM_KVSTORE_LEASE_TTL", value_name = "SECONDS")]
+    pub kvstore_lease_ttl: Option<String>,
+    /// Encapsulation between nodes: vxlan, geneve or disabled (direct routing via the node
+    /// addresses) [default: vxlan]
+    #[arg(long, env = "CILIUM_TUNNEL", value_name = "MODE")]
+    pub tunnel: Option<String>,
+    /// The device traffic leaving the cluster goes out of (masqueraded to its address)
+    /// [default: none]
+    #[arg(long, env = "CILIUM_DEVICE", value_name = "NAME")]
+    pub device: Option<String>,
+    /// Masquerade traffic of the endpoints that leaves the cluster through --device
+    /// [default: true]
+    #[arg(long, env = "CILIUM_MASQUERADE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub masquerade: Option<bool>,
     /// Path of the BPF filesystem; maps are pinned under `<path>/tc/globals` (mounted if
     /// it is not a bpffs yet) [default: /sys/fs/bpf]
     #[arg(long, env = "CILIUM_BPF_ROOT", value_name = "PATH")]
@@ -147,6 +173,11 @@ const FILE_KEYS: &[&str] = &[
     "labels",
     "label-prefix-file",
     "kvstore",
+    "kvstore-opt",
+    "kvstore-lease-ttl",
+    "tunnel",
+    "device",
+    "masquerade",
     "bpf-root",
     "docker",
     "prometheus-serve-addr",
@@ -171,8 +202,18 @@ pub struct AgentConfig {
     pub enable_policy: Enforcement,
     /// The identity-relevant labels (`--labels`, `--label-prefix-file`).
     pub label_filter: LabelFilter,
-    /// Key-value store backend (only `embedded` so far).
+    /// Key-value store backend: `embedded`, `etcd` or `consul`.
     pub kvstore: String,
+    /// `--kvstore-opt` pairs, in order.
+    pub kvstore_opts: Vec<(String, String)>,
+    /// `--kvstore-lease-ttl`.
+    pub kvstore_lease_ttl: std::time::Duration,
+    /// `--tunnel`.
+    pub tunnel: TunnelMode,
+    /// `--device`: where traffic leaving the cluster goes out.
+    pub device: Option<String>,
+    /// `--masquerade`.
+    pub masquerade: bool,
     /// The BPF filesystem of the datapath; `None` runs the agent without a datapath (only
     /// for tests of the control plane: `cilium-agent` always has one).
     pub bpf_root: Option<PathBuf>,
@@ -182,6 +223,35 @@ pub struct AgentConfig {
     pub prometheus_serve_addr: Option<std::net::SocketAddr>,
     /// How log lines are written (`--log-format`).
     pub log_format: LogFormat,
+}
+
+/// `--tunnel`: how packets reach other nodes' endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelMode {
+    #[default]
+    Vxlan,
+    Geneve,
+    /// Direct routing: routes to other nodes' ranges via their addresses.
+    Disabled,
+}
+
+impl TunnelMode {
+    pub fn parse(text: &str) -> Option<TunnelMode> {
+        match text.trim() {
+            "vxlan" => Some(TunnelMode::Vxlan),
+            "geneve" => Some(TunnelMode::Geneve),
+            "disabled" => Some(TunnelMode::Disabled),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TunnelMode::Vxlan => "vxlan",
+            TunnelMode::Geneve => "geneve",
+            TunnelMode::Disabled => "disabled",
+        }
+    }
 }
 
 /// `--log-format`.
@@ -210,6 +280,11 @@ impl AgentConfig {
             enable_policy: Enforcement::Default,
             label_filter: LabelFilter::default(),
             kvstore: "embedded".to_string(),
+            kvstore_opts: Vec::new(),
+            kvstore_lease_ttl: DEFAULT_LEASE_TTL,
+            tunnel: TunnelMode::Vxlan,
+            device: None,
+            masquerade: true,
             bpf_root: None,
             docker: None,
             prometheus_serve_addr: None,
@@ -307,15 +382,7 @@ impl AgentArgs {
             })?;
         let kvstore = text(self.kvstore, "kvstore").unwrap_or_else(|| "embedded".into());
         match kvstore.as_str() {
-            "embedded" => {}
-            "etcd" | "consul" => {
-                return Err(ConfigError::Invalid {
-                    key: "kvstore",
-                    reason: format!(
-                        "the {kvstore} backend is not available in this build yet; use embedded"
-                    ),
-                })
-            }
+            "embedded" | "etcd" | "consul" => {}
             other => {
                 return Err(ConfigError::Invalid {
                     key: "kvstore",
@@ -323,6 +390,41 @@ impl AgentArgs {
                         "unknown backend '{other}' (expected embedded, etcd or consul)"
                     ),
                 })
+            }
+        }
+        let mut opt_entries = self.kvstore_opt;
+        if opt_entries.is_empty() {
+            if let Some(v) = file.get("kvstore-opt") {
+                opt_entries.extend(v.split(',').map(str::to_string));
+            }
+        }
+        let kvstore_opts = kvstore_options(&kvstore, &opt_entries)?;
+        let kvstore_lease_ttl = match text(self.kvstore_lease_ttl, "kvstore-lease-ttl") {
+            None => DEFAULT_LEASE_TTL,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(s @ 1..=3600) => std::time::Duration::from_secs(s),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "kvstore-lease-ttl",
+                        reason: format!("'{v}' is not a number of seconds from 1 to 3600"),
+                    })
+                }
+            },
+        };
+        let tunnel = match text(self.tunnel, "tunnel") {
+            None => TunnelMode::Vxlan,
+            Some(v) => TunnelMode::parse(&v).ok_or_else(|| ConfigError::Invalid {
+                key: "tunnel",
+                reason: format!("'{v}' is not a mode (expected vxlan, geneve or disabled)"),
+            })?,
+        };
+        let device = text(self.device, "device").filter(|d| !d.trim().is_empty());
+        if let Some(d) = &device {
+            if let Err(reason) = crate::endpoint::check_ifname(d) {
+                return Err(ConfigError::Invalid {
+                    key: "device",
+                    reason: reason.to_string(),
+                });
             }
         }
         let docker = docker_socket(
@@ -359,6 +461,11 @@ impl AgentArgs {
             enable_policy,
             label_filter,
             kvstore,
+            kvstore_opts,
+            kvstore_lease_ttl,
+            tunnel,
+            device,
+            masquerade: boolean(self.masquerade, "masquerade", true)?,
             socket_path: path(self.socket_path, "socket-path", DEFAULT_SOCKET_PATH),
             state_dir: path(self.state_dir, "state-dir", DEFAULT_STATE_DIR),
             bpf_root: Some(path(self.bpf_root, "bpf-root", DEFAULT_BPF_ROOT)),
@@ -374,6 +481,58 @@ impl AgentArgs {
         })
     }
 }
+
+/// The `--kvstore-opt` entries as pairs: each is `key=value` with a key of the chosen backend.
+fn kvstore_options(
+    backend: &str,
+    entries: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    const KEYS: &[(&str, &str)] = &[
+        ("etcd.address", "etcd"),
+        ("etcd.config", "etcd"),
+        ("consul.address", "consul"),
+    ];
+    let mut out = Vec::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "kvstore-opt",
+            reason,
+        };
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("'{entry}' is not key=value")))?;
+        let (key, value) = (key.trim(), value.trim());
+        match KEYS.iter().find(|(k, _)| *k == key) {
+            None => {
+                return Err(invalid(format!(
+                    "unknown option '{key}' (expected etcd.address, etcd.config or                      consul.address)"
+                )))
+            }
+            Some((_, owner)) if *owner != backend => {
+                return Err(invalid(format!(
+                    "'{key}' is an option of the {owner} backend, but --kvstore is {backend}"
+                )))
+            }
+            Some(_) if value.is_empty() => return Err(invalid(format!("'{key}' has no value"))),
+            Some(_) => out.push((key.to_string(), value.to_string())),
+        }
+    }
+    if backend != "embedded" && out.is_empty() {
+        let hint = if backend == "etcd" {
+            "etcd.address=<url> or etcd.config=<file>"
+        } else {
+            "consul.address=<host:port>"
+        };
+        return Err(ConfigError::Invalid {
+            key: "kvstore-opt",
+            reason: format!("--kvstore {backend} needs --kvstore-opt {hint}"),
+        });
+    }
+    Ok(out)
+}
+
+/// Default of `--kvstore-lease-ttl`.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Default of `--docker`.
 pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";

@@ -4,6 +4,7 @@
 pub mod api_server;
 pub mod cidr;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

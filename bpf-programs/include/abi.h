@@ -33,6 +33,10 @@
  * mark, so nobody else (a host process, the network) can pass for a local endpoint. */
 #define MARK_MAGIC_MASK 0x0F00
 #define MARK_MAGIC_FROM_LXC 0x0C00
+/* skb->mark of packets from-overlay hands to a local endpoint: the magic in bits 8-11 and the
+ * sender's identity (from the tunnel key) in the other 24 bits, its low 16 bits in bits 16-31
+ * and its high 8 bits in bits 0-7. to-container takes it as the source identity. */
+#define MARK_MAGIC_OVERLAY 0x0D00
 
 /* ---- cilium_lxc: HASH, endpoint_key -> endpoint_info, one entry per endpoint address. */
 #define LXC_MAP_SIZE 65536
@@ -69,8 +73,15 @@ struct ipcache_key {
 
 struct ipcache_value {
 	__u32 identity;
-	__u32 tunnel_endpoint; /* IPv4 of the node that owns the prefix; 0 = local/none */
+	__u32 tunnel_endpoint; /* IPv4 (network order) of the node that owns the address, for the
+				* overlay; 0 = local, or not through the overlay */
 };
+
+/* ---- cilium_tunnel: LPM_TRIE (BPF_F_NO_PREALLOC), ipcache_key (a remote node's allocation
+ * range) -> the IPv4 (network order) of that node's tunnel endpoint. Filled only in overlay
+ * mode; an address of a remote range that the ipcache does not know still goes through the
+ * overlay to its node. */
+#define TUNNEL_MAP_SIZE 65536
 
 /* ---- cilium_policy: HASH (BPF_F_NO_PREALLOC; counters added atomically), one entry per resolved policy entry.
  * Lookup order for a flow (the agent's DirectionTable::lookup):
@@ -253,8 +264,8 @@ struct metrics_value {
 /* ---- cilium_config: ARRAY of one entry, written by the agent. */
 #define CFG_F_DEBUG 0x1 /* agent in debug mode: trace events for every endpoint */
 struct config_value {
-	__u32 flags; /* CFG_F_* */
-	__u32 pad;
+	__u32 flags;          /* CFG_F_* */
+	__u32 tunnel_ifindex; /* the overlay device (cilium_vxlan/cilium_geneve); 0 = no overlay */
 };
 
 /* ---- cilium_events: RINGBUF of struct event. */
@@ -267,6 +278,8 @@ struct config_value {
 #define TRACE_FROM_LXC 1   /* packet left an endpoint (from-container) */
 #define TRACE_TO_LXC 2     /* packet delivered to an endpoint (to-container) */
 #define TRACE_TO_STACK 3   /* from-container handed the packet to the stack */
+#define TRACE_TO_OVERLAY 4 /* sent through the overlay; arg1 = the node (IPv4, network order) */
+#define TRACE_FROM_OVERLAY 5 /* received from the overlay; arg1 = the sending node */
 
 /* Debug codes (subtype of EVENT_DEBUG); arg1/arg2 as noted. */
 #define DBG_CT_LOOKUP 1    /* arg1 = result: 0 new, 1 established, 2 reply, 3 related */

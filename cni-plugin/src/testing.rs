@@ -142,6 +142,7 @@ impl Agent for FakeAgent {
             kubernetes: ok(),
             ipam: Default::default(),
             datapath: None,
+            cluster: None,
             version: "fake".into(),
         })
     }

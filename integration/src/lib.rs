@@ -12,9 +12,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod cni;
 pub mod containerd;
 pub mod docker;
+pub mod etcd;
 pub mod image;
 pub mod plain;
 pub mod traffic;

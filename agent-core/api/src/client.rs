@@ -16,11 +16,11 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use crate::models::{
-    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump, ConfigurationMap,
-    DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth, ErrorResponse,
-    Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration, LabelsModifier,
-    MonitorEvent, PartialDelete, Policy, Service, ServiceSpec, StatusResponse, TraceResult,
-    TraceSelector,
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump, BpfTunnelEntry,
+    ConfigurationMap, DaemonConfigurationResponse, Endpoint, EndpointChangeRequest, EndpointHealth,
+    ErrorResponse, Family, Identity, IpamAllocation, IpamResponse, LabelConfiguration,
+    LabelsModifier, MonitorEvent, NodeEntry, PartialDelete, Policy, Service, ServiceSpec,
+    StatusResponse, TraceResult, TraceSelector,
 };
 use crate::{path, EndpointId, API_BASE};
 
@@ -457,6 +457,16 @@ impl Client {
     /// `GET /map/ct`: the datapath's conntrack entries (`cilium bpf ct list global`).
     pub async fn bpf_ct_list(&self) -> Result<Vec<BpfCtEntry>, ClientError> {
         Ok(self.call(Method::GET, "/map/ct", None).await?.1)
+    }
+
+    /// `GET /map/tunnel`: other nodes' ranges and their tunnel endpoints.
+    pub async fn bpf_tunnel_list(&self) -> Result<Vec<BpfTunnelEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/map/tunnel", None).await?.1)
+    }
+
+    /// `GET /node`: the nodes of the cluster (`cilium node list`).
+    pub async fn node_list(&self) -> Result<Vec<NodeEntry>, ClientError> {
+        Ok(self.call(Method::GET, "/node", None).await?.1)
     }
 
     /// `GET /map/lb`: the datapath's service frontends and backends (`cilium bpf lb list`).

@@ -76,6 +76,40 @@ pub struct StatusResponse {
     /// The eBPF datapath: programs loaded, and its packet counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathStatus>,
+    /// The node registry: nodes known and how they are reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Status>,
+}
+
+/// A node of the cluster (`GET /node`, `cilium node list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeEntry {
+    pub name: String,
+    /// This agent's node.
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_range: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_range: Option<String>,
+    /// Where the overlay sends this node's traffic; none in direct routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_endpoint: Option<std::net::Ipv4Addr>,
+}
+
+/// One entry of `cilium_tunnel` (`cilium bpf tunnel list`): a remote node's range and its
+/// tunnel endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BpfTunnelEntry {
+    /// CIDR notation.
+    pub prefix: String,
+    pub endpoint: std::net::Ipv4Addr,
 }
 
 /// State and counters of the eBPF datapath.

@@ -503,6 +503,14 @@ fn dispatch(
             no_query(query)?;
             Ok(json_reply(200, &agent.bpf_lb()?))
         }
+        (Route::MapTunnel, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.bpf_tunnel()?))
+        }
+        (Route::Nodes, Method::GET) => {
+            no_query(query)?;
+            Ok(json_reply(200, &agent.node_list()))
+        }
         (Route::MapPolicy(id), Method::GET) => {
             no_query(query)?;
             Ok(json_reply(200, &agent.bpf_policy(&endpoint_id(&id)?)?))

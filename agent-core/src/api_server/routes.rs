@@ -98,6 +98,14 @@ pub const ROUTES: &[RouteSpec] = &[
         template: "/map/lb",
         methods: &[Method::GET],
     },
+    RouteSpec {
+        template: "/map/tunnel",
+        methods: &[Method::GET],
+    },
+    RouteSpec {
+        template: "/node",
+        methods: &[Method::GET],
+    },
 ];
 
 /// A parsed request path. Path parameters are percent-decoded.
@@ -127,6 +135,8 @@ pub enum Route {
     /// The datapath's policy entries of one endpoint.
     MapPolicy(String),
     MapLb,
+    MapTunnel,
+    Nodes,
     /// Every service.
     Services,
     /// One service, by its id (not yet parsed).
@@ -174,6 +184,8 @@ impl Route {
             ["map", "ct"] => Ok(Route::MapCt),
             ["map", "policy", id] => Ok(Route::MapPolicy(param(id)?)),
             ["map", "lb"] => Ok(Route::MapLb),
+            ["map", "tunnel"] => Ok(Route::MapTunnel),
+            ["node"] => Ok(Route::Nodes),
             ["service"] => Ok(Route::Services),
             ["service", id] => Ok(Route::Service(param(id)?)),
             _ => Err(RouteError::NotFound),
@@ -209,6 +221,8 @@ impl Route {
             Route::Services => 18,
             Route::Service(_) => 19,
             Route::MapLb => 20,
+            Route::MapTunnel => 21,
+            Route::Nodes => 22,
         }
     }
 }
@@ -277,7 +291,8 @@ mod tests {
             "/v1/map",
             "/v1/map/policy",
             "/v1/map/policy/1/2",
-            "/v1/map/tunnel",
+            "/v1/map/tunnel/1",
+            "/v1/node/x",
             "/v1/monitor/drop",
             "/v1/service/1/backends",
             "/healthz",

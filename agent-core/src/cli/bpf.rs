@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use cilium_api::models::{
-    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump,
+    BpfCtEntry, BpfEndpointEntry, BpfIpcacheEntry, BpfLbEntry, BpfPolicyDump, BpfTunnelEntry,
+    NodeEntry,
 };
 use cilium_api::Client;
 use clap::Subcommand;
@@ -33,6 +34,9 @@ pub enum BpfCommand {
     /// The load-balancing maps: service frontends and the backends they spread over
     #[command(subcommand)]
     Lb(MapList),
+    /// The tunnel map: other nodes' address ranges and the node the overlay sends them to
+    #[command(subcommand)]
+    Tunnel(MapList),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +80,10 @@ pub async fn run(client: &Client, output: Output, cmd: BpfCommand) -> Result<Exi
             let entries = client.bpf_ct_list().await?;
             show(output, &entries, |e| ct_list(e));
         }
+        BpfCommand::Tunnel(MapList::List) => {
+            let entries = client.bpf_tunnel_list().await?;
+            show(output, &entries, |e| tunnel_list(e));
+        }
         BpfCommand::Lb(MapList::List) => {
             let entries = client.bpf_lb_list().await?;
             show(output, &entries, |e| lb_list(e));
@@ -94,6 +102,49 @@ fn flags(list: &[String]) -> String {
     } else {
         list.join(",")
     }
+}
+
+/// `cilium bpf tunnel list`: `PREFIX  ENDPOINT`, by prefix.
+pub fn tunnel_list(entries: &[BpfTunnelEntry]) -> String {
+    let mut sorted: Vec<&BpfTunnelEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| prefix_key(&e.prefix));
+    let rows: Vec<Vec<Vec<String>>> = sorted
+        .iter()
+        .map(|e| vec![vec![e.prefix.clone()], vec![e.endpoint.to_string()]])
+        .collect();
+    table("", &["PREFIX", "ENDPOINT"], &rows)
+}
+
+/// `cilium node list`: one row per node, this one marked `*`.
+pub fn node_list(nodes: &[NodeEntry]) -> String {
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let rows: Vec<Vec<Vec<String>>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                vec![format!(
+                    "{}{}",
+                    n.name,
+                    if n.local { " (local)" } else { "" }
+                )],
+                vec![dash(n.ipv4.map(|a| a.to_string()))],
+                vec![dash(n.ipv4_range.clone())],
+                vec![dash(n.ipv6_range.clone())],
+                vec![dash(n.tunnel_endpoint.map(|a| a.to_string()))],
+            ]
+        })
+        .collect();
+    table(
+        "",
+        &[
+            "NAME",
+            "IPV4 ADDRESS",
+            "IPV4 RANGE",
+            "IPV6 RANGE",
+            "TUNNEL ENDPOINT",
+        ],
+        &rows,
+    )
 }
 
 /// `cilium bpf endpoint list`: one row per endpoint address, IPv4 before IPv6.

@@ -70,6 +70,9 @@ pub fn status(s: &StatusResponse) -> String {
     status_line(&mut out, "ContainerRuntime", &s.container_runtime);
     status_line(&mut out, "Kubernetes", &s.kubernetes);
     status_line(&mut out, "Cilium", &s.cilium);
+    if let Some(cluster) = &s.cluster {
+        status_line(&mut out, "Cluster", cluster);
+    }
     if let Some(datapath) = &s.datapath {
         datapath_status(&mut out, datapath);
     }
@@ -683,6 +686,7 @@ pub(crate) mod tests {
                 ipam: Default::default(),
                 version: "0.1.0".into(),
                 datapath: None,
+                cluster: None,
             },
             endpoints: vec![endpoint(1, &["container:id=a"]), waiting],
             identities: 4,
@@ -790,6 +794,7 @@ pub(crate) mod tests {
             },
             version: "0.1.0".into(),
             datapath: None,
+            cluster: None,
         };
         assert_eq!(
             status(&s),
@@ -828,6 +833,7 @@ pub(crate) mod tests {
                 ],
                 events_lost: 0,
             }),
+            cluster: None,
         };
         assert_eq!(
             status(&s),

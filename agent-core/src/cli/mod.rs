@@ -72,6 +72,9 @@ pub enum Command {
     /// Show the contents of the datapath's BPF maps
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    /// Show the nodes of the cluster
+    #[command(subcommand)]
+    Node(bpf::MapList),
     /// Print the client and agent versions
     Version,
     /// Print a shell completion script: `source <(cilium completion bash)`
@@ -246,6 +249,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Service(cmd) => return service::run(&client, output, cmd).await,
         Command::Monitor(args) => return monitor::run(&client, output, args).await,
         Command::Bpf(cmd) => return bpf::run(&client, output, cmd).await,
+        Command::Node(bpf::MapList::List) => {
+            let nodes = client.node_list().await?;
+            show(output, &nodes, |n| bpf::node_list(n));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

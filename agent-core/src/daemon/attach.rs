@@ -95,7 +95,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         check_ifname(&ifname)?;
-        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
+        let mtu = req.mtu.unwrap_or_else(|| self.default_mtu());
         if !(68..=65535).contains(&mtu) {
             return Err(AgentError::Invalid(format!(
                 "mtu {mtu} is outside 68-65535"
@@ -175,7 +175,7 @@ impl Agent {
         merge_path_id(id, &mut req)?;
         let peer = req.veth_peer_name.clone().unwrap_or_default();
         check_ifname(&peer)?;
-        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
+        let mtu = req.mtu.unwrap_or_else(|| self.default_mtu());
         if !(68..=65535).contains(&mtu) {
             return Err(AgentError::Invalid(format!(
                 "mtu {mtu} is outside 68-65535"

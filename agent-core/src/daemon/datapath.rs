@@ -254,10 +254,13 @@ impl Agent {
         record: &EndpointRecord,
         present: bool,
     ) -> Result<(), AgentError> {
+        let identity = record.identity.as_ref().map_or(0, |i| i.id);
+        for ip in record.addresses() {
+            self.cluster.publish(ip, if present { identity } else { 0 });
+        }
         let Some(dp) = &self.datapath else {
             return Ok(());
         };
-        let identity = record.identity.as_ref().map_or(0, |i| i.id);
         let host = dp.host_addresses();
         let mut maps = dp.maps();
         for ip in record.addresses() {
@@ -289,7 +292,13 @@ impl Agent {
             .filter_map(|r| r.identity.as_ref().map(|i| (r, i.id)))
             .flat_map(|(r, id)| r.addresses().map(move |ip| (ip, id)))
             .collect();
-        let desired = ipcache_desired(&inner.cidr_identities, &dp.host_addresses(), &endpoints);
+        let remote = lock(&self.cluster.remote).clone();
+        let desired = ipcache_desired(
+            &inner.cidr_identities,
+            &dp.host_addresses(),
+            &endpoints,
+            &remote,
+        );
         dp.maps().sync_ipcache(&desired)?;
         Ok(())
     }
@@ -501,10 +510,24 @@ impl Agent {
         Ok(maps
             .ipcache()
             .iter()
-            .map(|(prefix, identity)| BpfIpcacheEntry {
+            .map(|(prefix, value)| BpfIpcacheEntry {
                 prefix: prefix.to_string_cidr(),
-                identity: *identity,
-                tunnel_endpoint: None,
+                identity: value.identity,
+                tunnel_endpoint: value.tunnel().map(IpAddr::V4),
+            })
+            .collect())
+    }
+
+    /// `cilium bpf tunnel list`.
+    pub fn bpf_tunnel(&self) -> Result<Vec<cilium_api::models::BpfTunnelEntry>, AgentError> {
+        let dp = self.datapath()?;
+        let maps = dp.maps();
+        Ok(maps
+            .tunnels()
+            .into_iter()
+            .map(|(prefix, endpoint)| cilium_api::models::BpfTunnelEntry {
+                prefix: prefix.to_string_cidr(),
+                endpoint,
             })
             .collect())
     }

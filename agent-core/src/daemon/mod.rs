@@ -3,6 +3,7 @@
 //! turns requests into calls on this type.
 
 mod attach;
+mod cluster;
 mod datapath;
 mod policy;
 mod process;
@@ -88,6 +89,8 @@ pub enum StartError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterStartError),
     #[error("cannot open the kvstore: {0}")]
     Kvstore(#[from] KvstoreError),
     #[error("cannot restore identities: {0}")]
@@ -134,6 +137,10 @@ pub struct Agent {
     datapath: Option<Arc<crate::datapath::Datapath>>,
     /// `ContainerRuntime` of `cilium status`, kept by the Docker watcher.
     runtime_status: Mutex<Status>,
+    /// The node registry and what other nodes publish (`daemon::cluster`).
+    cluster: cluster::Cluster,
+    /// Direct routing: the routes to other nodes' ranges this agent installed.
+    cluster_routes: Mutex<BTreeMap<Cidr, std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -158,9 +165,13 @@ impl Agent {
         let state = StateDir::open(&config.state_dir)?;
         let mut endpoints = Registry::default();
         let mut warnings = restore::restore(&state, &ipam, &mut endpoints, config.restore)?;
-        let embedded = Embedded::open(&config.state_dir)?;
-        warnings.extend(embedded.warnings());
-        let kvstore: Arc<dyn Kvstore> = Arc::new(embedded);
+        let kvstore: Arc<dyn Kvstore> = if config.kvstore == "embedded" {
+            let embedded = Embedded::open(&config.state_dir)?;
+            warnings.extend(embedded.warnings());
+            Arc::new(embedded)
+        } else {
+            crate::kvstore::connect(&config.kvstore, &config.kvstore_opts, &config.state_dir)?
+        };
         let identities = IdentityAllocator::new(Arc::clone(&kvstore), &node.name)?;
         let mut engine = PolicyEngine::new(config.enable_policy);
         for identity in identities.list() {
@@ -172,6 +183,8 @@ impl Agent {
             Some(root) => Some(Arc::new(crate::datapath::Datapath::open(root)?)),
             None => None,
         };
+        let cluster =
+            cluster::Cluster::join(&config, &node, Arc::clone(&kvstore), datapath.is_some())?;
         let mut agent = Agent {
             config,
             node,
@@ -195,6 +208,8 @@ impl Agent {
                 StatusState::Disabled,
                 "Docker integration turned off (--docker is empty)",
             )),
+            cluster,
+            cluster_routes: Mutex::new(BTreeMap::new()),
         };
         if let Some(socket) = &agent.config.docker {
             agent.set_container_runtime(
@@ -204,6 +219,7 @@ impl Agent {
         }
         agent.restore_policy(&mut warnings)?;
         agent.restore_services(&mut warnings)?;
+        agent.attach_overlay(&mut warnings);
         agent.reconcile_datapath(&mut warnings);
         agent.warnings = warnings;
         Ok(agent)
@@ -283,6 +299,7 @@ impl Agent {
             ipam: self.ipam.status(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             datapath: self.datapath_status(),
+            cluster: Some(self.cluster_status()),
         }
     }
 
@@ -308,6 +325,21 @@ impl Agent {
             ("restore", c.restore.to_string()),
             ("labels", c.label_filter.describe().join(",")),
             ("kvstore", c.kvstore.clone()),
+            (
+                "kvstore-opt",
+                c.kvstore_opts
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "kvstore-lease-ttl",
+                c.kvstore_lease_ttl.as_secs().to_string(),
+            ),
+            ("tunnel", c.tunnel.as_str().to_string()),
+            ("device", show(c.device.clone())),
+            ("masquerade", c.masquerade.to_string()),
             (
                 "config",
                 show(c.config_file.as_ref().map(|p| p.display().to_string())),

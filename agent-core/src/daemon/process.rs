@@ -45,6 +45,7 @@ impl Daemon {
             .transpose()?;
         let agent = Arc::new(Agent::start(config, debug_switch)?);
         agent.start_datapath_maintenance();
+        agent.start_cluster();
         if let Some(docker) = agent.config().docker.clone() {
             crate::docker::spawn(Arc::clone(&agent), docker);
         }
@@ -75,7 +76,9 @@ impl Daemon {
             }
         };
         tracing::info!(socket = %self.socket.path().display(), "serving the API");
-        self.socket.serve(self.agent, shutdown).await;
+        self.socket.serve(Arc::clone(&self.agent), shutdown).await;
+        let agent = self.agent;
+        let _ = tokio::task::spawn_blocking(move || agent.leave_cluster()).await;
         if let Some(metrics) = self.metrics {
             metrics.abort();
         }

@@ -41,6 +41,10 @@ pub const EVENT_DEBUG: u8 = 3;
 pub const TRACE_FROM_LXC: u8 = 1;
 pub const TRACE_TO_LXC: u8 = 2;
 pub const TRACE_TO_STACK: u8 = 3;
+pub const TRACE_TO_OVERLAY: u8 = 4;
+pub const TRACE_FROM_OVERLAY: u8 = 5;
+/// skb->mark magic of packets from-overlay hands to an endpoint (bits 8-11).
+pub const MARK_MAGIC_OVERLAY: u32 = 0x0D00;
 pub const DBG_CT_LOOKUP: u8 = 1;
 pub const DBG_POLICY: u8 = 2;
 pub const DBG_ICMP6_ND: u8 = 3;
@@ -89,7 +93,32 @@ pub struct IpcacheAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IpcacheValue {
     pub identity: u32,
+    /// The owning node's IPv4 as the packet carries it (network order); 0 = none.
     pub tunnel_endpoint: u32,
+}
+
+impl IpcacheValue {
+    /// An identity reached without the overlay.
+    pub fn local(identity: u32) -> IpcacheValue {
+        IpcacheValue {
+            identity,
+            tunnel_endpoint: 0,
+        }
+    }
+
+    /// An identity on the node whose tunnel endpoint is `node`.
+    pub fn remote(identity: u32, node: Option<std::net::Ipv4Addr>) -> IpcacheValue {
+        IpcacheValue {
+            identity,
+            tunnel_endpoint: node.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+        }
+    }
+
+    /// The tunnel endpoint, if any.
+    pub fn tunnel(&self) -> Option<std::net::Ipv4Addr> {
+        (self.tunnel_endpoint != 0)
+            .then(|| std::net::Ipv4Addr::from(self.tunnel_endpoint.to_ne_bytes()))
+    }
 }
 
 #[repr(C)]
@@ -215,7 +244,8 @@ pub struct MetricsValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConfigValue {
     pub flags: u32,
-    pub pad: u32,
+    /// The overlay device; 0 = no overlay.
+    pub tunnel_ifindex: u32,
 }
 
 /// One record of the `cilium_events` ring buffer.

@@ -29,6 +29,9 @@ pub const PROGRAMS: [(&str, Hook); 2] = [
     ("to_container", Hook::Egress),
 ];
 
+/// The program of the overlay device (`cilium_vxlan`/`cilium_geneve`), on its ingress.
+pub const OVERLAY_PROGRAM: (&str, Hook) = ("from_overlay", Hook::Ingress);
+
 /// Type, key and value sizes of every map, to recognise pins left by an incompatible build.
 const MAP_LAYOUT: &[(&str, MapType, usize, usize)] = {
     use std::mem::size_of;
@@ -80,6 +83,12 @@ const MAP_LAYOUT: &[(&str, MapType, usize, usize)] = {
             MapType::Hash,
             4,
             size_of::<abi::LbBackend>(),
+        ),
+        (
+            "cilium_tunnel",
+            MapType::LpmTrie,
+            4 + size_of::<abi::IpcacheAddr>(),
+            4,
         ),
         (
             "cilium_lb_revnat",
@@ -251,7 +260,7 @@ pub fn load(globals: &Path) -> Result<Ebpf, DatapathError> {
         .override_global("NODE_NETNS_COOKIE", &cookie, true)
         .load(DATAPATH_OBJECT)
         .map_err(|e| DatapathError::Load(e.to_string()))?;
-    for (name, _) in PROGRAMS {
+    for (name, _) in PROGRAMS.into_iter().chain([OVERLAY_PROGRAM]) {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| DatapathError::Load(format!("the object has no program {name}")))?
@@ -276,6 +285,20 @@ pub fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathErro
 /// Runs both programs on `ifname` (index `ifindex`): ingress first, then egress; an
 /// existing filter of the agent gets this build's program atomically.
 pub fn attach(ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+    attach_programs(ebpf, ifname, ifindex, &PROGRAMS)
+}
+
+/// Runs `from_overlay` on the overlay device's ingress (replacing an earlier build's).
+pub fn attach_overlay(ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+    attach_programs(ebpf, ifname, ifindex, &[OVERLAY_PROGRAM])
+}
+
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    ifname: &str,
+    ifindex: u32,
+    programs: &[(&'static str, Hook)],
+) -> Result<(), DatapathError> {
     let fail = |program: &'static str, reason: String| DatapathError::Attach {
         program,
         device: ifname.to_string(),
@@ -284,7 +307,7 @@ pub fn attach(ebpf: &mut Ebpf, ifname: &str, ifindex: u32) -> Result<(), Datapat
     let mut rtnl = Rtnl::node().map_err(|e| fail("from_container", e.to_string()))?;
     rtnl.ensure_clsact(ifindex, ifname)
         .map_err(|e| fail("from_container", e.to_string()))?;
-    for (name, hook) in PROGRAMS {
+    for &(name, hook) in programs {
         let program: &SchedClassifier = ebpf
             .program(name)
             .ok_or_else(|| fail(name, "not loaded".into()))?

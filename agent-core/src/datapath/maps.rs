@@ -88,6 +88,14 @@ impl Prefix {
         }
     }
 
+    /// The prefix of a map key (its length counts family + pad first).
+    pub fn from_key(k: &Key<IpcacheAddr>) -> Prefix {
+        Prefix {
+            addr: k.data(),
+            len: k.prefix_len().saturating_sub(32).min(128) as u8,
+        }
+    }
+
     fn key(&self) -> Key<IpcacheAddr> {
         Key::new(32 + u32::from(self.len), self.addr)
     }
@@ -133,8 +141,13 @@ pub struct Maps {
     pub(super) ct6: BpfHashMap<MapData, abi::Ct6Key, abi::CtEntry>,
     metrics: PerCpuArray<MapData, abi::MetricsValue>,
     config: Array<MapData, abi::ConfigValue>,
+    /// What `config` holds.
+    config_value: abi::ConfigValue,
+    tunnel: LpmTrie<MapData, IpcacheAddr, u32>,
     lxc_mirror: HashMap<EndpointKey, EndpointInfo>,
-    ipcache_mirror: BTreeMap<Prefix, u32>,
+    ipcache_mirror: BTreeMap<Prefix, IpcacheValue>,
+    /// Remote node ranges → tunnel endpoint (network order).
+    tunnel_mirror: BTreeMap<Prefix, u32>,
     policy_mirror: BTreeMap<u16, BTreeMap<PolicyKey, PolicyVerdict>>,
 }
 
@@ -175,8 +188,17 @@ impl Maps {
             BpfHashMap::try_from(take_map(ebpf, "cilium_ct6")?).map_err(map_err("cilium_ct6"))?;
         let metrics = PerCpuArray::try_from(take_map(ebpf, "cilium_metrics")?)
             .map_err(map_err("cilium_metrics"))?;
-        let config =
+        let config: Array<MapData, abi::ConfigValue> =
             Array::try_from(take_map(ebpf, "cilium_config")?).map_err(map_err("cilium_config"))?;
+        let config_value = config.get(&0, 0).unwrap_or_default();
+        let tunnel: LpmTrie<MapData, IpcacheAddr, u32> =
+            LpmTrie::try_from(take_map(ebpf, "cilium_tunnel")?)
+                .map_err(map_err("cilium_tunnel"))?;
+        let mut tunnel_mirror = BTreeMap::new();
+        for item in tunnel.iter() {
+            let (k, v) = item.map_err(map_err("cilium_tunnel"))?;
+            tunnel_mirror.insert(Prefix::from_key(&k), v);
+        }
 
         let mut lxc_mirror = HashMap::new();
         for item in lxc.iter() {
@@ -186,14 +208,7 @@ impl Maps {
         let mut ipcache_mirror = BTreeMap::new();
         for item in ipcache.iter() {
             let (k, v) = item.map_err(map_err("cilium_ipcache"))?;
-            let len = k.prefix_len().saturating_sub(32).min(128) as u8;
-            ipcache_mirror.insert(
-                Prefix {
-                    addr: k.data(),
-                    len,
-                },
-                v.identity,
-            );
+            ipcache_mirror.insert(Prefix::from_key(&k), v);
         }
         let mut policy_mirror: BTreeMap<u16, BTreeMap<PolicyKey, PolicyVerdict>> = BTreeMap::new();
         for item in policy.iter() {
@@ -215,8 +230,11 @@ impl Maps {
             ct6,
             metrics,
             config,
+            config_value,
+            tunnel,
             lxc_mirror,
             ipcache_mirror,
+            tunnel_mirror,
             policy_mirror,
         })
     }
@@ -348,23 +366,28 @@ impl Maps {
         ids
     }
 
-    /// Sets (or removes, with `None`) the entry of one prefix.
+    /// Sets (or removes, with `None`) the entry of one prefix, without a tunnel endpoint.
     pub fn set_ipcache(
         &mut self,
         prefix: Prefix,
         identity: Option<u32>,
     ) -> Result<(), DatapathError> {
-        match identity {
-            Some(id) if self.ipcache_mirror.get(&prefix) == Some(&id) => {}
-            Some(id) => {
-                let value = IpcacheValue {
-                    identity: id,
-                    tunnel_endpoint: 0,
-                };
+        self.set_ipcache_value(prefix, identity.map(IpcacheValue::local))
+    }
+
+    /// Sets (or removes, with `None`) the entry of one prefix.
+    pub fn set_ipcache_value(
+        &mut self,
+        prefix: Prefix,
+        value: Option<IpcacheValue>,
+    ) -> Result<(), DatapathError> {
+        match value {
+            Some(v) if self.ipcache_mirror.get(&prefix) == Some(&v) => {}
+            Some(v) => {
                 self.ipcache
-                    .insert(&prefix.key(), value, 0)
+                    .insert(&prefix.key(), v, 0)
                     .map_err(map_err("cilium_ipcache"))?;
-                self.ipcache_mirror.insert(prefix, id);
+                self.ipcache_mirror.insert(prefix, v);
             }
             None => {
                 if self.ipcache_mirror.remove(&prefix).is_some() {
@@ -376,19 +399,18 @@ impl Maps {
     }
 
     /// Makes the ipcache hold exactly `desired`: writes first, removals last.
-    pub fn sync_ipcache(&mut self, desired: &BTreeMap<Prefix, u32>) -> Result<(), DatapathError> {
-        for (prefix, identity) in desired {
-            if self.ipcache_mirror.get(prefix) == Some(identity) {
+    pub fn sync_ipcache(
+        &mut self,
+        desired: &BTreeMap<Prefix, IpcacheValue>,
+    ) -> Result<(), DatapathError> {
+        for (prefix, value) in desired {
+            if self.ipcache_mirror.get(prefix) == Some(value) {
                 continue;
             }
-            let value = IpcacheValue {
-                identity: *identity,
-                tunnel_endpoint: 0,
-            };
             self.ipcache
-                .insert(&prefix.key(), value, 0)
+                .insert(&prefix.key(), *value, 0)
                 .map_err(map_err("cilium_ipcache"))?;
-            self.ipcache_mirror.insert(*prefix, *identity);
+            self.ipcache_mirror.insert(*prefix, *value);
         }
         let stale: Vec<Prefix> = self
             .ipcache_mirror
@@ -403,10 +425,64 @@ impl Maps {
         Ok(())
     }
 
+    /// Makes the tunnel map hold exactly `desired` (remote range → tunnel endpoint).
+    pub fn sync_tunnels(
+        &mut self,
+        desired: &BTreeMap<Prefix, std::net::Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        for (prefix, node) in desired {
+            let value = u32::from_ne_bytes(node.octets());
+            if self.tunnel_mirror.get(prefix) == Some(&value) {
+                continue;
+            }
+            self.tunnel
+                .insert(&prefix.key(), value, 0)
+                .map_err(map_err("cilium_tunnel"))?;
+            self.tunnel_mirror.insert(*prefix, value);
+        }
+        let stale: Vec<Prefix> = self
+            .tunnel_mirror
+            .keys()
+            .filter(|p| !desired.contains_key(p))
+            .copied()
+            .collect();
+        for prefix in stale {
+            let _ = self.tunnel.remove(&prefix.key());
+            self.tunnel_mirror.remove(&prefix);
+        }
+        Ok(())
+    }
+
+    /// The tunnel map: remote range → tunnel endpoint.
+    pub fn tunnels(&self) -> Vec<(Prefix, std::net::Ipv4Addr)> {
+        self.tunnel_mirror
+            .iter()
+            .map(|(p, v)| (*p, std::net::Ipv4Addr::from(v.to_ne_bytes())))
+            .collect()
+    }
+
+    /// Sets the datapath flags (`CFG_F_*`), keeping the overlay device.
     pub fn set_config(&mut self, flags: u32) -> Result<(), DatapathError> {
+        self.write_config(abi::ConfigValue {
+            flags,
+            ..self.config_value
+        })
+    }
+
+    /// Sets the overlay device (0 = none), keeping the flags.
+    pub fn set_tunnel_ifindex(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.write_config(abi::ConfigValue {
+            tunnel_ifindex: ifindex,
+            ..self.config_value
+        })
+    }
+
+    fn write_config(&mut self, value: abi::ConfigValue) -> Result<(), DatapathError> {
         self.config
-            .set(0, abi::ConfigValue { flags, pad: 0 }, 0)
-            .map_err(map_err("cilium_config"))
+            .set(0, value, 0)
+            .map_err(map_err("cilium_config"))?;
+        self.config_value = value;
+        Ok(())
     }
 
     pub fn endpoints(&self) -> Vec<(EndpointKey, EndpointInfo)> {
@@ -415,7 +491,7 @@ impl Maps {
         v
     }
 
-    pub fn ipcache(&self) -> &BTreeMap<Prefix, u32> {
+    pub fn ipcache(&self) -> &BTreeMap<Prefix, IpcacheValue> {
         &self.ipcache_mirror
     }
 

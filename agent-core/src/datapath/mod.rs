@@ -150,6 +150,11 @@ impl Datapath {
     }
 
     /// Takes the programs off a device.
+    /// Runs `from_overlay` on the overlay device.
+    pub fn attach_overlay(&self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        loader::attach_overlay(&mut lock(&self.programs), ifname, ifindex)
+    }
+
     pub fn detach(&self, ifname: &str, ifindex: u32) {
         loader::detach(ifname, ifindex)
     }
@@ -279,23 +284,33 @@ fn spawn_event_reader(
         .map_err(|e| DatapathError::Load(format!("cannot start the event reader: {e}")))
 }
 
-/// Desired ipcache contents from the node's addresses, local endpoints and CIDR identities.
-/// Later sources win on equal prefixes: CIDR identities, then host, then endpoints.
+/// Desired ipcache contents from the node's addresses, local endpoints, CIDR identities and
+/// other nodes' endpoints. Later sources win on equal prefixes: CIDR identities, then other
+/// nodes' endpoints, then host, then local endpoints.
 pub fn ipcache_desired(
     cidrs: &BTreeMap<crate::cidr::Cidr, u32>,
     host: &[std::net::IpAddr],
     endpoints: &[(std::net::IpAddr, u32)],
-) -> BTreeMap<Prefix, u32> {
+    remote: &BTreeMap<std::net::IpAddr, abi::IpcacheValue>,
+) -> BTreeMap<Prefix, abi::IpcacheValue> {
     let mut out = BTreeMap::new();
     for (c, id) in cidrs {
-        out.insert(Prefix::from_cidr(c), *id);
+        out.insert(Prefix::from_cidr(c), abi::IpcacheValue::local(*id));
+    }
+    for (ip, value) in remote {
+        if value.identity != 0 {
+            out.insert(Prefix::host(*ip), *value);
+        }
     }
     for ip in host {
-        out.insert(Prefix::host(*ip), abi::IDENTITY_HOST);
+        out.insert(
+            Prefix::host(*ip),
+            abi::IpcacheValue::local(abi::IDENTITY_HOST),
+        );
     }
     for (ip, id) in endpoints {
         if *id != 0 {
-            out.insert(Prefix::host(*ip), *id);
+            out.insert(Prefix::host(*ip), abi::IpcacheValue::local(*id));
         }
     }
     out

@@ -61,7 +61,7 @@ pub fn decode(ev: &Event) -> MonitorEvent {
     let dissection = dissect(packet);
     let (kind, message) = match ev.kind {
         abi::EVENT_DROP => (KIND_DROP, drop_reason_text(ev.subtype)),
-        abi::EVENT_TRACE => (KIND_TRACE, trace_point(ev.subtype)),
+        abi::EVENT_TRACE => (KIND_TRACE, trace_point(ev)),
         abi::EVENT_DEBUG => (KIND_DEBUG, debug_message(ev)),
         other => (KIND_UNKNOWN, format!("Unknown event type {other}")),
     };
@@ -102,11 +102,15 @@ pub fn drop_reason_text(code: u8) -> String {
 }
 
 /// The name of a trace point.
-fn trace_point(subtype: u8) -> String {
-    match subtype {
+fn trace_point(ev: &Event) -> String {
+    // arg1 of the overlay points: the other node's IPv4 as the packet carries it.
+    let node = || std::net::Ipv4Addr::from(u32::from_be(ev.arg1 as u32));
+    match ev.subtype {
         abi::TRACE_FROM_LXC => "from-endpoint".to_string(),
         abi::TRACE_TO_LXC => "to-endpoint".to_string(),
         abi::TRACE_TO_STACK => "to-stack".to_string(),
+        abi::TRACE_TO_OVERLAY => format!("to-overlay node {}", node()),
+        abi::TRACE_FROM_OVERLAY => format!("from-overlay node {}", node()),
         other => format!("trace point {other}"),
     }
 }
@@ -309,6 +313,9 @@ fn verbose_header(ev: &MonitorEvent) -> String {
                 abi::TRACE_FROM_LXC => "Incoming packet from container".to_string(),
                 abi::TRACE_TO_LXC => format!("Delivery to endpoint {}", ev.dst_endpoint),
                 abi::TRACE_TO_STACK => "Delivery to the stack".to_string(),
+                abi::TRACE_TO_OVERLAY | abi::TRACE_FROM_OVERLAY => {
+                    format!("Overlay: {}", ev.message)
+                }
                 _ => ev.message.clone(),
             };
             format!(

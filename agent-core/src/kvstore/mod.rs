@@ -3,6 +3,8 @@
 //! prefix watches and leases. Backends: [`Embedded`] (one node, persisted in the state dir);
 //! etcd and consul implement the same trait and must pass the same `contract` suite.
 //!
+//! [`connect`] opens the backend named by `--kvstore` with its `--kvstore-opt` options.
+//!
 //! Keys are strings, prefixes are plain string prefixes (`a/b` covers `a/bc`; use a trailing
 //! `/` to mean a directory). Values are bytes. Every change bumps a store-wide revision; an
 //! [`Entry`] carries the revision of its last modification.
@@ -15,13 +17,22 @@ use std::time::Duration;
 
 use crate::state::StateError;
 
+mod consul;
 #[doc(hidden)]
 pub mod contract;
 mod embedded;
+mod etcd;
+mod http;
+mod options;
+mod resync;
 #[cfg(test)]
 mod tests;
 
+pub use consul::Consul;
 pub use embedded::{Embedded, FILE_NAME};
+pub use etcd::{Etcd, EtcdConfig};
+pub use http::REQUEST_TIMEOUT;
+pub use options::connect;
 
 /// A key-value store shared by the agents of a cluster.
 pub trait Kvstore: Send + Sync + fmt::Debug {
@@ -221,4 +232,53 @@ pub enum KvstoreError {
         key: String,
         reason: &'static str,
     },
+    /// The server answered but refused the request (permission, quota, bad request).
+    #[error("kvstore {op} '{key}': the {backend} server refused: {reason}")]
+    Rejected {
+        backend: &'static str,
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
+    /// The backend's options or configuration file are wrong (`--kvstore`, `--kvstore-opt`).
+    #[error("kvstore configuration: {reason}")]
+    Config { reason: String },
+}
+
+impl KvstoreError {
+    pub(crate) fn config(reason: impl Into<String>) -> KvstoreError {
+        KvstoreError::Config {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Refuses keys no backend can store.
+pub(crate) fn check_key(op: &'static str, key: &str) -> Result<(), KvstoreError> {
+    if key.is_empty() {
+        return Err(KvstoreError::InvalidKey {
+            op,
+            key: String::new(),
+            reason: "empty key",
+        });
+    }
+    Ok(())
+}
+
+/// The backends' watch threads poll this often whether their [`Watch`] was dropped.
+pub(crate) const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// Sleeps `total` in [`WATCH_POLL`]-sized naps; false as soon as `stop()` says so.
+pub(crate) fn sleep_unless(total: Duration, stop: &dyn Fn() -> bool) -> bool {
+    let step = Duration::from_millis(100);
+    let mut slept = Duration::ZERO;
+    while slept < total {
+        if stop() {
+            return false;
+        }
+        let nap = step.min(total - slept);
+        std::thread::sleep(nap);
+        slept += nap;
+    }
+    !stop()
 }

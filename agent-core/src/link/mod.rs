@@ -11,6 +11,7 @@ pub mod rtnl;
 pub mod socket;
 mod sysctl;
 pub mod tc;
+pub mod tunnel;
 
 use std::io;
 use std::path::PathBuf;
@@ -46,6 +47,12 @@ pub enum LinkError {
     BadMac(String),
     #[error("cannot install the FORWARD accept rules: {0}")]
     Firewall(String),
+    #[error("cannot set the masquerade rules: {0}")]
+    Masquerade(String),
+    #[error("cannot set a route: {0}")]
+    Route(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl std::error::Error for NetlinkFailure {
