@@ -53,6 +53,7 @@ bench: deps
 	$(CARGO) run --release -p integration --bin bench-policy
 	$(CARGO) run --release -p integration --bin bench-datapath
 	$(CARGO) run --release -p integration --bin bench-lb
+	$(CARGO) run --release -p integration --bin bench-cluster
 	$(CARGO) run --release -p integration --bin bench-docker
 
 # The long run: 10,000 CNI ADD/DEL cycles against one agent (SOAK_CYCLES to change), no

@@ -18,6 +18,7 @@ pub mod containerd;
 pub mod docker;
 pub mod etcd;
 pub mod image;
+pub mod measure;
 pub mod plain;
 pub mod traffic;
 

@@ -17,15 +17,15 @@
 //!
 //! Not a test: it prints numbers and ratios and asserts nothing about time.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use integration::cni::{Invocation, Node};
+use integration::measure::{median, request_response, stream};
 use integration::plain::PlainPair;
-use integration::traffic::in_netns;
 use integration::{require_root, Netns};
 use serde_json::json;
 
@@ -56,88 +56,6 @@ fn install_panic_cleanup() {
     }));
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Rr {
-    p50: f64,
-    p99: f64,
-}
-
-/// 1-byte ping-pong on one TCP connection: per round trip µs.
-fn request_response(client: &str, server: &str, ip: IpAddr) -> Rr {
-    let addr = SocketAddr::new(ip, RR_PORT);
-    let listener = in_netns(server, move || {
-        TcpListener::bind(SocketAddr::new(
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            RR_PORT,
-        ))
-        .expect("bind rr")
-    });
-    let echo = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let _ = conn.set_nodelay(true);
-        let mut b = [0u8; 1];
-        while conn.read_exact(&mut b).is_ok() {
-            if conn.write_all(&b).is_err() {
-                break;
-            }
-        }
-    });
-    let mut conn: TcpStream = in_netns(client, move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect rr")
-    });
-    conn.set_nodelay(true).expect("nodelay");
-    let mut samples = Vec::with_capacity(RR_ROUNDS);
-    let mut b = [1u8; 1];
-    for i in 0..RR_ROUNDS + 500 {
-        let t = Instant::now();
-        conn.write_all(&b).expect("rr write");
-        conn.read_exact(&mut b).expect("rr read");
-        if i >= 500 {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    drop(conn);
-    let _ = echo.join();
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Rr {
-        p50: samples[samples.len() / 2],
-        p99: samples[samples.len() * 99 / 100],
-    }
-}
-
-/// iperf3 for 2 s: Gbit/s.
-fn stream(client: &str, server: &str, ip: IpAddr) -> f64 {
-    let port = STREAM_PORT.to_string();
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", &port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client,
-            "iperf3",
-            "-c",
-            &ip.to_string(),
-            "-p",
-            &port,
-        ])
-        .args(["-t", "2", "-J"])
-        .output()
-        .expect("iperf3 -c");
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 gave no result: {v}"))
-        / 1e9
-}
-
 /// The plain topology (no program) with its namespaces registered for the panic cleanup.
 fn plain(tag: &str, subnet: u8) -> PlainPair {
     let p = PlainPair::new(&format!("bd{tag}"), subnet);
@@ -154,11 +72,6 @@ fn join(v: &[f64], decimals: usize) -> String {
         .join("/")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// One setup's results over all rounds.
 #[derive(Default)]
 struct Series {
@@ -169,10 +82,10 @@ struct Series {
 
 impl Series {
     fn measure(&mut self, client: &str, server: &str, ip: IpAddr) {
-        let rr = request_response(client, server, ip);
+        let rr = request_response(client, server, ip, RR_PORT, RR_ROUNDS);
         self.p50.push(rr.p50);
         self.p99.push(rr.p99);
-        self.gbps.push(stream(client, server, ip));
+        self.gbps.push(stream(client, server, ip, STREAM_PORT, 2));
     }
 
     /// Median p50, median p99, median throughput.
