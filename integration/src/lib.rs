@@ -19,6 +19,7 @@ pub mod docker;
 pub mod etcd;
 pub mod image;
 pub mod measure;
+pub mod monitor;
 pub mod plain;
 pub mod traffic;
 

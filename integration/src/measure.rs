@@ -97,3 +97,51 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+fn join(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One setup's results over the rounds of a benchmark: RR on `rr_port` (`rr_rounds` round
+/// trips) and a 2 s iperf3 stream on `stream_port` per round.
+#[derive(Debug, Default)]
+pub struct Series {
+    pub p50: Vec<f64>,
+    pub p99: Vec<f64>,
+    pub gbps: Vec<f64>,
+}
+
+impl Series {
+    /// One round from `client` to `server` at `ip`.
+    pub fn measure(
+        &mut self,
+        client: &str,
+        server: &str,
+        ip: IpAddr,
+        ports: (u16, u16),
+        rr_rounds: usize,
+    ) {
+        let rr = request_response(client, server, ip, ports.0, rr_rounds);
+        self.p50.push(rr.p50);
+        self.p99.push(rr.p99);
+        self.gbps.push(stream(client, server, ip, ports.1, 2));
+    }
+
+    /// Prints the medians (and each round's figures); returns median RR p50 and Gbit/s.
+    pub fn report(&self, label: &str) -> (f64, f64) {
+        let (p50, p99, gbps) = (
+            median(self.p50.clone()),
+            median(self.p99.clone()),
+            median(self.gbps.clone()),
+        );
+        println!(
+            "  {label:<44} RR p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   stream {gbps:>6.2} Gbit/s   (rounds: p50 {}; Gbit/s {})",
+            join(&self.p50, 0),
+            join(&self.gbps, 1)
+        );
+        (p50, gbps)
+    }
+}

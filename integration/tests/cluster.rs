@@ -5,21 +5,17 @@
 //! established flows; a stopped node disappears from the others; overlapping ranges are
 //! refused.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cilium_api::models::{
-    BpfIpcacheEntry, BpfTunnelEntry, Endpoint, MonitorEvent, NodeEntry, StatusResponse,
-};
+use cilium_api::models::{BpfIpcacheEntry, BpfTunnelEntry, Endpoint, NodeEntry, StatusResponse};
 use integration::cluster::{
     endpoint_addr, endpoint_ipv4, eventually, node_options, start_node, NodeSpec, Underlay,
 };
 use integration::cni::{Invocation, Node};
+use integration::monitor::DropMonitor;
 use integration::traffic::{tcp_connect, tcp_exchange, tcp_works, EchoServer};
-use integration::{bin, require_root, Agent, Netns};
+use integration::{require_root, Agent, Netns};
 use nix::sys::signal::Signal;
 
 const L3_L4_POLICY: &str = r#"[{
@@ -100,57 +96,6 @@ fn wait_ipcache(node: &Node, ip: IpAddr, identity: u32) -> BpfIpcacheEntry {
         .expect("entry")
 }
 
-/// `cilium monitor --type drop -o json` on a node, in the background.
-struct Monitor {
-    child: Child,
-    events: mpsc::Receiver<MonitorEvent>,
-}
-
-impl Monitor {
-    fn start(node: &Node) -> Monitor {
-        let host = format!("unix://{}", node.agent.socket.display());
-        let mut child = Command::new(bin("cilium"))
-            .args(["-H", &host, "monitor", "--type", "drop", "-o", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cilium monitor");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(ev) = serde_json::from_str::<MonitorEvent>(&line) {
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        Monitor { child, events }
-    }
-
-    fn expect(&self, what: &str, pred: impl Fn(&MonitorEvent) -> bool) -> MonitorEvent {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.events.recv_timeout(left) {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(ev) => seen.push(ev),
-                Err(_) => break,
-            }
-        }
-        panic!("no monitor event {what}; saw {seen:#?}");
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The seed's L3/L4 guide across two nodes: app1 on node A, app2 and app3 on node B.
 /// Returns after asserting app2 reaches app1:80 and app3 is dropped at node A with its
 /// identity in the drop event.
@@ -176,7 +121,7 @@ fn seed_policy_across_nodes(a: &Node, b: &Node, tag: &str) {
     );
 
     import(a, L3_L4_POLICY);
-    let monitor = Monitor::start(a);
+    let monitor = DropMonitor::start(&a.agent);
     assert!(
         eventually(Duration::from_secs(5), || !tcp_works(
             &app3_ns.name,

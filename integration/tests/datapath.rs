@@ -3,18 +3,16 @@
 //! namespaces to see what is delivered and what is dropped, with the reason the monitor and
 //! the counters report.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cilium_api::models::{Endpoint, MonitorEvent};
+use cilium_api::models::Endpoint;
 use integration::cni::Node;
+use integration::monitor::DropMonitor;
 use integration::traffic::{
     in_netns, ping, tcp_connect, tcp_exchange, tcp_works, udp_works, EchoServer,
 };
-use integration::{bin, require_root, unique_name, Agent, AgentOptions, Netns};
+use integration::{require_root, unique_name, Agent, AgentOptions, Netns};
 use nix::sys::signal::Signal;
 
 const L3_L4_POLICY: &str = r#"[{
@@ -44,59 +42,6 @@ fn import(agent: &Agent, dir: &std::path::Path, name: &str, policy: &str) {
     agent
         .cli(&["policy", "import", path.to_str().expect("path")])
         .ok();
-}
-
-/// `cilium monitor --type drop -o json` running in the background.
-struct Monitor {
-    child: Child,
-    events: mpsc::Receiver<MonitorEvent>,
-}
-
-impl Monitor {
-    fn start(agent: &Agent) -> Monitor {
-        let host = format!("unix://{}", agent.socket.display());
-        let mut child = Command::new(bin("cilium"))
-            .args(["-H", &host, "monitor", "--type", "drop", "-o", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cilium monitor");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(ev) = serde_json::from_str::<MonitorEvent>(&line) {
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        // Let the subscription reach the agent.
-        std::thread::sleep(Duration::from_millis(300));
-        Monitor { child, events }
-    }
-
-    /// The first drop event matching `pred` within 5 s.
-    fn expect(&self, what: &str, pred: impl Fn(&MonitorEvent) -> bool) -> MonitorEvent {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.events.recv_timeout(left) {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(ev) => seen.push(ev),
-                Err(_) => break,
-            }
-        }
-        panic!("no monitor event {what}; saw {seen:#?}");
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const ANY: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
@@ -179,7 +124,7 @@ fn seed_l3_l4_policy_enforced_on_real_traffic() {
         b"before\n"
     );
 
-    let monitor = Monitor::start(&node.agent);
+    let monitor = DropMonitor::start(&node.agent);
     import(&node.agent, node.dir.path(), "l3_l4.json", L3_L4_POLICY);
     let (id1, id2, id3) = (identity(&e1), identity(&e2), identity(&e3));
     for ip in [v4(&e1), v6(&e1)] {

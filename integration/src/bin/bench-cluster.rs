@@ -21,7 +21,7 @@ use agent_core::labels::{Label, LabelSet, LabelSource};
 use integration::cluster::{endpoint_ipv4, start_node, NodeSpec, Underlay};
 use integration::cni::{Invocation, Node};
 use integration::etcd::Etcd;
-use integration::measure::{median, request_response, stream};
+use integration::measure::Series;
 use integration::{require_root, Netns};
 
 const ALLOCATIONS: usize = 500;
@@ -63,34 +63,6 @@ fn container(node: &Node, prefix: &str) -> (Netns, IpAddr) {
     assert_eq!(status, 200, "{body}");
     let ep: cilium_api::models::Endpoint = serde_json::from_str(&body).expect("endpoint");
     (ns, IpAddr::V4(endpoint_ipv4(&ep)))
-}
-
-#[derive(Default)]
-struct Series {
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    gbps: Vec<f64>,
-}
-
-impl Series {
-    fn measure(&mut self, client: &str, server: &str, ip: IpAddr) {
-        let rr = request_response(client, server, ip, RR_PORT, RR_ROUNDS);
-        self.p50.push(rr.p50);
-        self.p99.push(rr.p99);
-        self.gbps.push(stream(client, server, ip, STREAM_PORT, 2));
-    }
-
-    fn report(&self, label: &str) -> (f64, f64) {
-        let (p50, p99, gbps) = (
-            median(self.p50.clone()),
-            median(self.p99.clone()),
-            median(self.gbps.clone()),
-        );
-        println!(
-            "  {label:<40} RR p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   stream {gbps:>6.2} Gbit/s"
-        );
-        (p50, gbps)
-    }
 }
 
 fn main() {
@@ -141,9 +113,27 @@ fn main() {
     let (mut plain, mut vxlan, mut direct) =
         (Series::default(), Series::default(), Series::default());
     for _ in 0..ROUNDS {
-        plain.measure(&p2.name, &p1.name, plain_server);
-        vxlan.measure(&vx_cli.name, &vx_srv.name, vx_ip);
-        direct.measure(&dr_cli.name, &dr_srv.name, dr_ip);
+        plain.measure(
+            &p2.name,
+            &p1.name,
+            plain_server,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
+        vxlan.measure(
+            &vx_cli.name,
+            &vx_srv.name,
+            vx_ip,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
+        direct.measure(
+            &dr_cli.name,
+            &dr_srv.name,
+            dr_ip,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
     }
     println!("  ({ROUNDS} rounds of {RR_ROUNDS} round trips and iperf3 2 s; medians)");
     let (p_rr, p_gb) = plain.report("plain routing, node to node");

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use integration::cni::{Invocation, Node};
-use integration::measure::{median, request_response, stream};
+use integration::measure::Series;
 use integration::plain::PlainPair;
 use integration::{require_root, Netns};
 use serde_json::json;
@@ -63,45 +63,6 @@ fn plain(tag: &str, subnet: u8) -> PlainPair {
         track(ns);
     }
     p
-}
-
-fn join(v: &[f64], decimals: usize) -> String {
-    v.iter()
-        .map(|x| format!("{x:.decimals$}"))
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// One setup's results over all rounds.
-#[derive(Default)]
-struct Series {
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    gbps: Vec<f64>,
-}
-
-impl Series {
-    fn measure(&mut self, client: &str, server: &str, ip: IpAddr) {
-        let rr = request_response(client, server, ip, RR_PORT, RR_ROUNDS);
-        self.p50.push(rr.p50);
-        self.p99.push(rr.p99);
-        self.gbps.push(stream(client, server, ip, STREAM_PORT, 2));
-    }
-
-    /// Median p50, median p99, median throughput.
-    fn report(&self, label: &str) -> (f64, f64) {
-        let (p50, p99, gbps) = (
-            median(self.p50.clone()),
-            median(self.p99.clone()),
-            median(self.gbps.clone()),
-        );
-        println!(
-            "  {label:<44} RR p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   stream {gbps:>6.2} Gbit/s   (rounds: p50 {}; Gbit/s {})",
-            join(&self.p50, 0),
-            join(&self.gbps, 1)
-        );
-        (p50, gbps)
-    }
 }
 
 fn main() {
@@ -207,9 +168,27 @@ fn main() {
     );
     let (mut sa, mut sb, mut sc) = (Series::default(), Series::default(), Series::default());
     for _ in 0..ROUNDS {
-        sa.measure(&a.client.name, &a.server.name, a.server_ip);
-        sb.measure(&client.name, &server.name, server_ip);
-        sc.measure(&c.client.name, &c.server.name, c.server_ip);
+        sa.measure(
+            &a.client.name,
+            &a.server.name,
+            a.server_ip,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
+        sb.measure(
+            &client.name,
+            &server.name,
+            server_ip,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
+        sc.measure(
+            &c.client.name,
+            &c.server.name,
+            c.server_ip,
+            (RR_PORT, STREAM_PORT),
+            RR_ROUNDS,
+        );
     }
     let (rr_a, st_a) = sa.report("(a) veth + routes, no program");
     let (rr_b, st_b) = sb.report("(b) cilium datapath, L3/L4 policy, 10k ids");
