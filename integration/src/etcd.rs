@@ -189,6 +189,30 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("connect to etcd: {e}"))
     }
 
+    /// Watches of `prefixes`, opened from the server's namespace (their connections stay
+    /// there): what any node sees change under them. They end with the returned client.
+    pub fn watch<const N: usize>(
+        &self,
+        prefixes: [&'static str; N],
+    ) -> (std::sync::Arc<dyn Kvstore>, [kvstore::Watch; N]) {
+        let opts = self.kvstore_opts();
+        let state = self.dir.path().join("state");
+        let open = move || {
+            let client = kvstore::connect("etcd", &opts, &state)
+                .unwrap_or_else(|e| panic!("connect to etcd: {e}"));
+            let watches = prefixes.map(|p| {
+                client
+                    .watch_prefix(p)
+                    .unwrap_or_else(|e| panic!("watch {p}: {e}"))
+            });
+            (client, watches)
+        };
+        match &self.netns {
+            Some(netns) => crate::traffic::in_netns(netns, open),
+            None => open(),
+        }
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         text(&std::fs::read(self.log_file()).unwrap_or_default())

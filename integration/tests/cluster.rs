@@ -365,3 +365,104 @@ fn three_nodes_ride_out_an_etcd_outage_and_forget_a_stopped_node() {
     );
     drop(app1_ns);
 }
+
+#[test]
+fn a_restarted_node_keeps_its_records_and_cross_node_flows() {
+    if !require_root("cluster_restart") {
+        return;
+    }
+    let underlay = Underlay::new("cu5", 65);
+    let etcd = underlay.etcd();
+    let spec_a = NodeSpec::new(1, "vxlan");
+    let mut a = start_node("cn5a", &underlay, &etcd, &spec_a);
+    let b = start_node("cn5b", &underlay, &etcd, &NodeSpec::new(2, "vxlan"));
+    wait_nodes(&[&a, &b], 2);
+
+    let (app1_ns, app1) = container(&a, "cn5a1", "app1");
+    let (app2_ns, app2) = container(&b, "cn5a2", "app2");
+    let (app3_ns, app3) = container(&b, "cn5a3", "app3");
+    let _server = EchoServer::start(&app1_ns.name, ANY80);
+    let app1_ip = IpAddr::V4(endpoint_ipv4(&app1));
+    wait_ipcache(&a, IpAddr::V4(endpoint_ipv4(&app2)), identity(&app2));
+    wait_ipcache(&a, IpAddr::V4(endpoint_ipv4(&app3)), identity(&app3));
+    wait_ipcache(&b, app1_ip, identity(&app1));
+    import(&a, L3_L4_POLICY);
+    let to_app1 = endpoint_addr(&app1, 80);
+    assert!(
+        eventually(Duration::from_secs(5), || !tcp_works(
+            &app3_ns.name,
+            to_app1
+        )),
+        "app3 -> app1 denied before the restarts"
+    );
+    let mut stream =
+        tcp_connect(&app2_ns.name, to_app1, Duration::from_secs(2)).expect("app2 -> app1");
+
+    // Every change of node and endpoint records, as any other node would see them.
+    let (_client, watches) = etcd.watch(["cilium/state/nodes/v1/", "cilium/state/ip/v1/"]);
+    for (i, signal) in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGKILL]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = a.agent.stop_with(signal);
+        assert_eq!(
+            tcp_exchange(&mut stream, b"down").expect("stream while node A's agent is down"),
+            b"down"
+        );
+        assert!(
+            !tcp_works(&app3_ns.name, to_app1),
+            "restart {i} ({signal}): app3 stays denied while node A's agent is down"
+        );
+        a.agent = Agent::start(
+            a.dir.path(),
+            &node_options(&a.netns, &underlay, &etcd, &spec_a),
+        );
+        assert_eq!(
+            tcp_exchange(&mut stream, b"up").expect("stream after the restart"),
+            b"up"
+        );
+        assert!(
+            !tcp_works(&app3_ns.name, to_app1),
+            "restart {i}: app3 denied after the restart"
+        );
+        assert!(
+            tcp_works(&app2_ns.name, to_app1),
+            "restart {i}: a new app2 -> app1 connection"
+        );
+        assert!(
+            status(&a)
+                .cluster
+                .is_some_and(|c| c.state.to_string() == "Ok"),
+            "restart {i}: {:?}",
+            status(&a)
+        );
+    }
+    // Past node A's lease TTL (3 s): its records were resumed, never deleted or rewritten.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut changes = Vec::new();
+    for watch in &watches {
+        while let Ok(event) = watch.try_recv() {
+            changes.push(event);
+        }
+    }
+    assert!(
+        changes.is_empty(),
+        "the other nodes saw node A's records change across its restarts: {changes:?}"
+    );
+    // The watch does see node A's changes: a new endpoint there.
+    let (_app4_ns, app4) = container(&a, "cn5a4", "app4");
+    let published = watches[1]
+        .recv_timeout(Duration::from_secs(10))
+        .expect("node A publishes its new endpoint");
+    assert!(
+        matches!(&published, agent_core::kvstore::WatchEvent::Put { key, .. }
+            if key.ends_with(&endpoint_ipv4(&app4).to_string())),
+        "{published:?}"
+    );
+    assert_eq!(
+        wait_ipcache(&b, app1_ip, identity(&app1)).identity,
+        identity(&app1)
+    );
+    assert_eq!(nodes(&b).len(), 2);
+    drop(app2_ns);
+}

@@ -10,13 +10,18 @@
 //! order; node and endpoint events come from separate followers and may interleave
 //! differently (an endpoint can be reported just before its node).
 //!
-//! The trait has no "put under a lease", and a compare-and-swap keeps the key's old lease, so
-//! a record left by a previous lease (this node's previous run, or a lease that ended) is
-//! replaced by delete-if-unchanged then create; the other nodes see a delete then an upsert.
+//! A restarted agent resumes its previous lease when it is still alive (its id is kept in
+//! [`RegistryOptions::lease_file`] and every key reports its lease): its records stay in
+//! place, updated by compare-and-swap, so the other nodes see no change at all. The trait
+//! has no "put under a lease", and a compare-and-swap keeps the key's old lease, so a record
+//! under another lease (one that ended, or a backend such as consul that does not report
+//! leases) is replaced by delete-if-unchanged then create; the other nodes then see a delete
+//! then an upsert.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -47,12 +52,16 @@ pub struct RegistryOptions {
     /// The lease's time to live (at least [`MIN_TTL`]): how long this node's records outlive
     /// its agent. The lease is renewed every TTL/3.
     pub ttl: Duration,
+    /// Where the current lease id is kept, so that the next run resumes the lease while it
+    /// lives (None: every run starts a new lease).
+    pub lease_file: Option<PathBuf>,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             ttl: Duration::from_secs(15),
+            lease_file: None,
         }
     }
 }
@@ -83,6 +92,7 @@ struct Inner {
     kv: Arc<dyn Kvstore>,
     me: NodeRecord,
     ttl: Duration,
+    lease_file: Option<PathBuf>,
     on_event: EventSink,
     /// Serializes the calls of `on_event`.
     delivery: Mutex<()>,
@@ -163,6 +173,7 @@ impl Registry {
             kv,
             me,
             ttl: options.ttl,
+            lease_file: options.lease_file,
             on_event,
             delivery: Mutex::new(()),
             own: Mutex::new(Own {
@@ -306,6 +317,16 @@ impl Registry {
         lock(&self.inner.own).lease
     }
 
+    /// This node's endpoint addresses the registry publishes, with their identities:
+    /// after a resumed lease, those the previous run left too.
+    pub fn published_endpoints(&self) -> BTreeMap<IpAddr, u32> {
+        let own = lock(&self.inner.own);
+        own.endpoints
+            .iter()
+            .map(|(ip, (identity, _))| (*ip, *identity))
+            .collect()
+    }
+
     /// `ok`, or the oldest ongoing failure, e.g. `kvstore unreachable since 12s: …`.
     pub fn status(&self) -> RegistryStatus {
         let nodes = lock(&self.inner.view).nodes.len() + 1;
@@ -334,6 +355,13 @@ impl Registry {
     pub fn leave(mut self) -> Result<(), ClusterError> {
         self.stop();
         self.revoke()?;
+        if let Some(file) = &self.inner.lease_file {
+            if let Err(e) = std::fs::remove_file(file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove {}: {e}", file.display());
+                }
+            }
+        }
         tracing::info!("node {} left the cluster", self.inner.me.name);
         Ok(())
     }
@@ -476,15 +504,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes this node's record and every published endpoint under a new lease.
+    /// Writes this node's record and every published endpoint under the lease of the
+    /// previous run when it still lives, or under a new one.
     fn register(&self, own: &mut Own) -> Result<(), ClusterError> {
         let name = &self.me.name;
-        let grant = self.kv.grant_lease(self.ttl);
-        own.lease = grant.map_err(kv_error("grant a lease to node", name))?;
-        for (_, current) in own.endpoints.values_mut() {
-            *current = false;
+        let resumed = self.take_lease(own)?;
+        if !resumed {
+            for (_, current) in own.endpoints.values_mut() {
+                *current = false;
+            }
         }
         write_node(&*self.kv, own.lease, &self.me)?;
+        if resumed {
+            self.adopt_endpoints(own)?;
+        }
         let mut taken = Vec::new();
         for (ip, (identity, current)) in own.endpoints.iter_mut() {
             let record = self.endpoint_record(*ip, *identity);
@@ -506,6 +539,56 @@ impl Inner {
             own.lease,
             own.endpoints.len()
         );
+        Ok(())
+    }
+
+    /// Resumes the lease named by the lease file when it still lives (true), or grants a new
+    /// one and names it there.
+    fn take_lease(&self, own: &mut Own) -> Result<bool, ClusterError> {
+        let name = &self.me.name;
+        if let Some(saved) = self.lease_file.as_deref().and_then(read_lease) {
+            match self.kv.keep_alive(saved) {
+                Ok(()) => {
+                    own.lease = saved;
+                    tracing::info!("node {name} resumes lease {saved}");
+                    return Ok(true);
+                }
+                Err(KvstoreError::LeaseNotFound { .. }) => {}
+                Err(e) => return Err(kv_error("resume the lease of node", name)(e)),
+            }
+        }
+        let grant = self.kv.grant_lease(self.ttl);
+        own.lease = grant.map_err(kv_error("grant a lease to node", name))?;
+        if let Some(file) = &self.lease_file {
+            if let Err(e) = write_lease(file, own.lease) {
+                tracing::warn!(
+                    "node {name}: cannot keep the lease id in {}: {e}",
+                    file.display()
+                );
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes over the endpoint records this node left under the resumed lease, as
+    /// published (the agent withdraws those it no longer has).
+    fn adopt_endpoints(&self, own: &mut Own) -> Result<(), ClusterError> {
+        let listing = self.kv.list_prefix(IP_PREFIX);
+        let listing = listing.map_err(kv_error("list the endpoints of node", &self.me.name))?;
+        for (key, entry) in listing {
+            if entry.lease != Some(own.lease) {
+                continue;
+            }
+            match parse_endpoint(&key, &entry.value) {
+                Ok(record) if record.node == self.me.name => {
+                    own.endpoints
+                        .entry(record.ip)
+                        .or_insert((record.identity, true));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("node {}: {e}", self.me.name),
+            }
+        }
         Ok(())
     }
 
@@ -682,6 +765,16 @@ fn write_node(kv: &dyn Kvstore, lease: LeaseId, me: &NodeRecord) -> Result<(), C
         let create = kv.create_if_absent(&key, &value, Some(lease));
         match create.map_err(kv_error(op, &me.name))? {
             None => return Ok(()),
+            // Left by this lease (a resumed one): updated in place.
+            Some(old) if old.lease == Some(lease) => {
+                if old.value == value
+                    || kv
+                        .compare_and_swap(&key, old.mod_revision, &value)
+                        .map_err(kv_error(op, &me.name))?
+                {
+                    return Ok(());
+                }
+            }
             Some(old) => {
                 kv.delete_if(&key, old.mod_revision)
                     .map_err(kv_error(op, &me.name))?;
@@ -695,8 +788,9 @@ fn write_node(kv: &dyn Kvstore, lease: LeaseId, me: &NodeRecord) -> Result<(), C
     })
 }
 
-/// Writes `record` (of this node) under `lease`. `current`: this node wrote the key under
-/// `lease` already, so it is updated in place; otherwise a record of this node is replaced.
+/// Writes `record` (of this node) under `lease`. A record of this node under `lease` (as
+/// the key reports, or `current`: this node wrote it under `lease`) is updated in place;
+/// otherwise it is replaced.
 fn write_endpoint(
     kv: &dyn Kvstore,
     lease: LeaseId,
@@ -728,7 +822,7 @@ fn write_endpoint(
                 node: holder.node,
             });
         }
-        if current {
+        if current || entry.lease == Some(lease) {
             if entry.value == value
                 || kv
                     .compare_and_swap(&key, entry.mod_revision, &value)
@@ -767,4 +861,23 @@ impl Stop {
             .unwrap_or_else(PoisonError::into_inner);
         *stopped
     }
+}
+
+/// The lease id kept in `file`, if it holds one.
+fn read_lease(file: &Path) -> Option<LeaseId> {
+    let text = std::fs::read_to_string(file).ok()?;
+    match text.trim().parse::<u64>() {
+        Ok(0) | Err(_) => {
+            tracing::warn!("ignoring {}: not a lease id", file.display());
+            None
+        }
+        Ok(id) => Some(LeaseId(id)),
+    }
+}
+
+/// Keeps `lease` in `file` (written aside, then renamed over it).
+fn write_lease(file: &Path, lease: LeaseId) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{lease}\n"))?;
+    std::fs::rename(&tmp, file)
 }

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -88,8 +89,29 @@ fn join_with(kv: &Arc<dyn Kvstore>, me: NodeRecord) -> Result<(Registry, Events)
     let on_event = Box::new(move |event| {
         let _ = tx.send(event);
     });
-    let options = RegistryOptions { ttl: TTL };
+    let options = RegistryOptions {
+        ttl: TTL,
+        lease_file: None,
+    };
     Registry::join(Arc::clone(kv), me, options, on_event).map(|r| (r, Events(rx)))
+}
+
+/// Joins keeping the lease id in `lease_file`, as the agent does.
+fn join_resuming(
+    kv: &Arc<dyn Kvstore>,
+    me: NodeRecord,
+    lease_file: &std::path::Path,
+) -> (Registry, Events) {
+    let (tx, rx) = mpsc::channel();
+    let on_event = Box::new(move |event| {
+        let _ = tx.send(event);
+    });
+    let options = RegistryOptions {
+        ttl: TTL,
+        lease_file: Some(lease_file.to_path_buf()),
+    };
+    let registry = Registry::join(Arc::clone(kv), me, options, on_event).expect("join");
+    (registry, Events(rx))
 }
 
 fn join(kv: &Arc<dyn Kvstore>, me: NodeRecord) -> (Registry, Events) {
@@ -304,6 +326,70 @@ fn a_restarted_node_replaces_its_records() {
 }
 
 #[test]
+fn a_restarted_node_resumes_its_lease_and_the_others_see_no_change() {
+    let kv = store();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster-lease");
+    let (a, _) = join_resuming(&kv, node("a", 1), &file);
+    let (b, b_events) = join(&kv, node("b", 2));
+    a.publish_endpoint(ip("10.1.0.5"), 300).unwrap();
+    a.publish_endpoint(ip("10.1.0.6"), 301).unwrap();
+    b_events.expect(&ClusterEvent::EndpointUpsert(endpoint(
+        "10.1.0.6",
+        301,
+        &node("a", 1),
+    )));
+    let lease = a.lease();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        lease.to_string()
+    );
+    drop(a);
+
+    // The next run takes over the lease and the records the previous one left.
+    let (a, _) = join_resuming(&kv, node("a", 1), &file);
+    assert_eq!(a.lease(), lease);
+    assert_eq!(
+        a.published_endpoints(),
+        BTreeMap::from([(ip("10.1.0.5"), 300), (ip("10.1.0.6"), 301)])
+    );
+    let node_revision = kv
+        .get("cilium/state/nodes/v1/a")
+        .unwrap()
+        .unwrap()
+        .mod_revision;
+    a.publish_endpoint(ip("10.1.0.5"), 300).unwrap();
+    a.withdraw_endpoint(ip("10.1.0.6")).unwrap();
+    // Past the TTL: the lease is renewed by the new run; b saw only the withdrawal.
+    assert_eq!(
+        b_events.during(TTL * 2),
+        [ClusterEvent::EndpointDelete(ip("10.1.0.6"))]
+    );
+    assert_eq!(
+        kv.get("cilium/state/nodes/v1/a")
+            .unwrap()
+            .unwrap()
+            .mod_revision,
+        node_revision,
+        "the node record was not rewritten"
+    );
+    assert_eq!(names(&b), ["a", "b"]);
+
+    // Leaving ends the lease and forgets it; a file naming an ended lease gets a new one.
+    a.leave().unwrap();
+    assert!(!file.exists());
+    b_events.expect(&ClusterEvent::NodeDelete("a".into()));
+    std::fs::write(&file, format!("{lease}\n")).unwrap();
+    let (a, _) = join_resuming(&kv, node("a", 1), &file);
+    assert_ne!(a.lease(), lease);
+    assert!(a.published_endpoints().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        a.lease().to_string()
+    );
+}
+
+#[test]
 fn leaving_deletes_every_record() {
     let kv = store();
     let (a, _) = join(&kv, node("a", 1));
@@ -446,6 +532,7 @@ fn invalid_node_names_are_refused() {
     let (tx, _rx) = mpsc::channel();
     let options = RegistryOptions {
         ttl: Duration::from_millis(10),
+        lease_file: None,
     };
     let sink = Box::new(move |event| {
         let _ = tx.send(event);

@@ -24,6 +24,9 @@ use crate::datapath::abi::IpcacheValue;
 use crate::datapath::Prefix;
 use crate::link::tunnel;
 
+/// The file in the state dir that names the node's lease, resumed by the next run.
+const LEASE_FILE: &str = "cluster-lease";
+
 /// How often the cluster thread re-publishes what failed and re-reads identities.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -108,6 +111,7 @@ impl Cluster {
             me,
             crate::cluster::RegistryOptions {
                 ttl: agent_config.kvstore_lease_ttl,
+                lease_file: Some(agent_config.state_dir.join(LEASE_FILE)),
             },
             Box::new(move |event| {
                 let _ = events.send(Work::Event(event));

@@ -204,6 +204,7 @@ fn decode_pair(op: &'static str, pair: KvPair) -> Result<(String, Entry), Kvstor
         Entry {
             value,
             mod_revision: pair.modify_index,
+            lease: None,
         },
     ))
 }
@@ -607,7 +608,8 @@ mod tests {
             decoded[0].1,
             Entry {
                 value: b"hi".to_vec(),
-                mod_revision: 9
+                mod_revision: 9,
+                lease: None,
             }
         );
         assert_eq!(decoded[1].1.value, b"");

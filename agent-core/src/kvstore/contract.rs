@@ -266,6 +266,18 @@ pub fn watch_sees_changes_in_order(kv: &dyn Kvstore) {
         ),
         None
     );
+    // The key reports its lease (a restarted agent recognises its records by it); consul
+    // does not map its sessions back to lease ids.
+    let reported = must_get(kv, &two).lease;
+    if kv.backend() == "consul" {
+        assert_eq!(reported, None, "kvstore contract: consul reports no lease");
+    } else {
+        assert_eq!(
+            reported,
+            Some(lease),
+            "kvstore contract: a leased key reports its lease"
+        );
+    }
     ok("revoke", kv.revoke_lease(lease));
     assert!(ok("delete", kv.delete(&before)));
     let put = |key: &str, value: &[u8]| WatchEvent::Put {

@@ -323,6 +323,7 @@ impl Slot {
         Entry {
             value: self.value.clone(),
             mod_revision: self.mod_revision,
+            lease: self.lease.map(LeaseId),
         }
     }
 }

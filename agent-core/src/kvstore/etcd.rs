@@ -174,6 +174,7 @@ fn decode_kv(op: &'static str, kv: &wire::KeyValue) -> Result<(String, Entry), K
         Entry {
             value,
             mod_revision: kv.mod_revision,
+            lease: (kv.lease != 0).then_some(LeaseId(kv.lease)),
         },
     ))
 }

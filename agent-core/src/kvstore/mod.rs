@@ -95,6 +95,9 @@ pub trait Kvstore: Send + Sync + fmt::Debug {
 pub struct Entry {
     pub value: Vec<u8>,
     pub mod_revision: u64,
+    /// The lease the key is attached to, where the backend reports it (etcd and the
+    /// embedded store do; consul's sessions are not mapped back to lease ids).
+    pub lease: Option<LeaseId>,
 }
 
 /// A lease granted by [`Kvstore::grant_lease`].

@@ -77,6 +77,7 @@ mod tests {
             Entry {
                 value: value.as_bytes().to_vec(),
                 mod_revision: rev,
+                lease: None,
             },
         )
     }

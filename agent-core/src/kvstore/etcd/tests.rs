@@ -313,7 +313,8 @@ fn responses_decode_with_string_numbers_and_omitted_defaults() {
             "a/b".to_string(),
             Entry {
                 value: b"v".to_vec(),
-                mod_revision: 41
+                mod_revision: 41,
+                lease: None,
             }
         )
     );
@@ -395,6 +396,7 @@ fn watch_messages_become_events_and_track_the_revision() {
             Entry {
                 value: b"o".to_vec(),
                 mod_revision: 3,
+                lease: None,
             },
         )]),
     };
@@ -435,7 +437,8 @@ fn watch_messages_become_events_and_track_the_revision() {
             "p/a".to_string(),
             Entry {
                 value: Vec::new(),
-                mod_revision: 11
+                mod_revision: 11,
+                lease: None,
             }
         )])
     );

@@ -194,6 +194,9 @@ pub(super) struct KeyValue {
     pub value: String,
     #[serde(default, deserialize_with = "uint")]
     pub mod_revision: u64,
+    /// 0 = no lease.
+    #[serde(default, deserialize_with = "uint")]
+    pub lease: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
