@@ -29,12 +29,15 @@ static __always_inline void mark_from_lxc(struct __sk_buff *skb, __u16 ep_id)
 	skb->mark = ((__u32)ep_id << 16) | MARK_MAGIC_FROM_LXC;
 }
 
-/* Whether the packet carries the mark of local endpoint ep_id. */
-static __always_inline int marked_from(const struct __sk_buff *skb, __u16 ep_id)
+/* Whether the packet carries the mark of local endpoint src and came in on its device: a
+ * host process can set any mark (SO_MARK), but its packets come in on no device. */
+static __always_inline int marked_from(const struct __sk_buff *skb,
+				       const struct endpoint_info *src)
 {
 	__u32 mark = skb->mark;
 
-	return (mark & MARK_MAGIC_MASK) == MARK_MAGIC_FROM_LXC && (mark >> 16) == ep_id;
+	return (mark & MARK_MAGIC_MASK) == MARK_MAGIC_FROM_LXC &&
+	       (mark >> 16) == src->endpoint_id && skb->ingress_ifindex == src->ifindex;
 }
 
 /* Link-scope IPv6 addresses: multicast (ff00::/8) and link-local unicast (fe80::/10). */
@@ -317,10 +320,10 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	/* A local endpoint's address as source only with that endpoint's mark: anything else
 	 * (a host process, the network) passing for it is spoofed. */
 	src = lxc_lookup(fam, &p.saddr);
-	if (src && !marked_from(skb, src->endpoint_id))
+	if (src && !marked_from(skb, src))
 		return drop(skb, c, DROP_INVALID_SIP);
 	/* From another node through the overlay: the identity its tunnel key carried. */
-	overlay_id = overlay_identity(skb->mark);
+	overlay_id = overlay_identity(skb);
 	skb->mark = 0;
 
 	if (p.frag != FRAG_NONE) {

@@ -17,14 +17,6 @@ static __always_inline __u32 overlay_mark(__u32 identity)
 	return ((identity & 0xffff) << 16) | ((identity >> 16) & 0xff) | MARK_MAGIC_OVERLAY;
 }
 
-/* The identity an overlay mark carries, or 0 without one. */
-static __always_inline __u32 overlay_identity(__u32 mark)
-{
-	if ((mark & MARK_MAGIC_MASK) != MARK_MAGIC_OVERLAY)
-		return 0;
-	return (mark >> 16) | ((mark & 0xff) << 16);
-}
-
 /* The overlay device, or 0 when the node runs without one. */
 static __always_inline __u32 overlay_ifindex(void)
 {
@@ -32,6 +24,22 @@ static __always_inline __u32 overlay_ifindex(void)
 	struct config_value *cfg = bpf_map_lookup_elem(&cilium_config, &zero);
 
 	return cfg ? cfg->tunnel_ifindex : 0;
+}
+
+/* The identity the overlay mark of a packet carries, or 0 without one. Only a packet that
+ * came in on the overlay device carries one: a host process can set any mark (SO_MARK), but
+ * its packets come in on no device. */
+static __always_inline __u32 overlay_identity(const struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	__u32 ifindex;
+
+	if ((mark & MARK_MAGIC_MASK) != MARK_MAGIC_OVERLAY)
+		return 0;
+	ifindex = overlay_ifindex();
+	if (!ifindex || skb->ingress_ifindex != ifindex)
+		return 0;
+	return (mark >> 16) | ((mark & 0xff) << 16);
 }
 
 /* The tunnel endpoint (IPv4, network order) of the node that owns a remote address: the

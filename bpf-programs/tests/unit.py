@@ -55,10 +55,12 @@ class Case:
         return out
 
 
-def marked(ep_id):
-    """A __sk_buff context whose mark says from-container of endpoint ep_id sent the packet
-    (len and pkt_type must be 0; mark is at offset 8)."""
-    return struct.pack("<III", 0, 0, (ep_id << 16) | 0x0C00)
+def marked(ep_id, ingress_ifindex=1):
+    """A __sk_buff context whose mark says from-container of endpoint ep_id sent the packet,
+    received on ingress_ifindex (the endpoints' device, 1, unless said otherwise). The
+    fields up to ingress_ifindex (offset 36); only mark and ingress_ifindex may be set."""
+    return struct.pack("<10I", 0, 0, (ep_id << 16) | 0x0C00, 0, 0, 0, 0, 0, 0,
+                       ingress_ifindex)
 
 
 def setup(dp):
@@ -357,6 +359,9 @@ def run_cases(dp, c):
              to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)), TC_ACT_SHOT, 132)
     c.expect("A's address with B's mark", TC, to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)),
              TC_ACT_SHOT, 132, ctx=marked(B_EP))
+    c.expect("A's mark set by a host process (SO_MARK: no ingress device)", TC,
+             to_b + ipv4(A4, B4, TCP, tcp(42000, 8080)), TC_ACT_SHOT, 132,
+             ctx=marked(A_EP, ingress_ifindex=0))
     c.expect("A's IPv6 address without A's mark", TC, eth(B_MAC, B_NODE, 0x86DD)
              + ipv6(A6, B6, UDP, udp(1, 2)), TC_ACT_SHOT, 132)
     # B's own flow to the world: the replies come back through the policy

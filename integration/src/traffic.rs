@@ -124,6 +124,64 @@ pub fn tcp_works(netns: &str, to: SocketAddr) -> bool {
     }
 }
 
+/// Like [`tcp_works`], from a socket with `SO_MARK` set to `mark` (what a host process
+/// with `CAP_NET_ADMIN` can do to pass for the datapath): IPv4 only.
+pub fn tcp_works_with_mark(netns: &str, to: SocketAddr, mark: u32) -> bool {
+    let SocketAddr::V4(to) = to else {
+        panic!("tcp_works_with_mark: IPv4 only, not {to}");
+    };
+    let connected = in_netns(netns, move || -> io::Result<TcpStream> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: plain socket calls on a descriptor owned right away; the option and address
+        // structures outlive the calls that read them.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let raw = fd.as_raw_fd();
+            let set = |name: libc::c_int, value: *const libc::c_void, len: usize| {
+                let rc = libc::setsockopt(raw, libc::SOL_SOCKET, name, value, len as u32);
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            set(libc::SO_MARK, (&mark as *const u32).cast(), 4)?;
+            // A blocking connect gives up after the send timeout.
+            let timeout = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            let size = std::mem::size_of::<libc::timeval>();
+            set(
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size,
+            )?;
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: to.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*to.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::connect(raw, (&addr as *const libc::sockaddr_in).cast(), len) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(TcpStream::from(fd))
+        }
+    });
+    match connected {
+        Ok(mut s) => tcp_exchange(&mut s, b"ping\n").is_ok_and(|r| r == b"ping\n"),
+        Err(_) => false,
+    }
+}
+
 /// One UDP datagram to an echo server; true when it came back within 1 s.
 pub fn udp_works(netns: &str, to: SocketAddr) -> bool {
     in_netns(netns, move || {

@@ -14,7 +14,7 @@ use integration::cluster::{
 };
 use integration::cni::{Invocation, Node};
 use integration::monitor::DropMonitor;
-use integration::traffic::{tcp_connect, tcp_exchange, tcp_works, EchoServer};
+use integration::traffic::{tcp_connect, tcp_exchange, tcp_works, tcp_works_with_mark, EchoServer};
 use integration::{require_root, Agent, Netns};
 use nix::sys::signal::Signal;
 
@@ -136,6 +136,14 @@ fn seed_policy_across_nodes(a: &Node, b: &Node, tag: &str) {
     assert!(
         tcp_works(&app2_ns.name, to_app1),
         "app2 -> app1 after policy"
+    );
+    // A process on node A cannot pass for app2 by setting the overlay's identity mark: only
+    // packets that came in on the overlay device carry one.
+    let app2_id = identity(&app2);
+    let forged = ((app2_id & 0xffff) << 16) | ((app2_id >> 16) & 0xff) | 0x0D00;
+    assert!(
+        !tcp_works_with_mark(&a.netns.name, to_app1, forged),
+        "a host process on node A passed for app2 with the overlay mark {forged:#x}"
     );
     drop(app1_ns);
 }
