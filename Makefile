@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd
+TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd wrk
 
 deps:
 	@install/deps.sh
@@ -54,6 +54,7 @@ bench: deps
 	$(CARGO) run --release -p integration --bin bench-datapath
 	$(CARGO) run --release -p integration --bin bench-lb
 	$(CARGO) run --release -p integration --bin bench-cluster
+	$(CARGO) run --release -p integration --bin bench-proxy
 	$(CARGO) run --release -p integration --bin bench-docker
 
 # The long run: 10,000 CNI ADD/DEL cycles against one agent (SOAK_CYCLES to change), no

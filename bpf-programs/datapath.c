@@ -9,6 +9,7 @@
  * One loaded copy serves every endpoint; all per-endpoint state is in the maps the agent
  * fills (include/abi.h). Connections to a service frontend are load-balanced in
  * from_container and their replies translated back in to_container (include/lb.h).
+ * Connections under HTTP rules are steered to the agent's L7 proxy (include/proxy.h).
  */
 #include "lib/common.h"
 #include "lib/parse.h"
@@ -19,6 +20,7 @@
 #include "frag.h"
 #include "lb.h"
 #include "overlay.h"
+#include "proxy.h"
 #include "sock.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -170,6 +172,7 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 	__u16 ep_flags, ep_id, rev_nat;
 	__u32 ep_identity;
 	struct pkt p = {};
+	__u16 proxy_port, steer = 0;
 	__u8 action;
 	__u64 now;
 	int ret, ct;
@@ -227,15 +230,26 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 			__u32 remote = remote_identity(fam, &p.daddr, dst);
 
 			c->dst_identity = remote;
-			ret = policy_check(remote, ep_id, DIR_EGRESS, &p, len, &action);
+			ret = policy_check(remote, ep_id, DIR_EGRESS, &p, len, &action, &proxy_port);
 			emit_debug(skb, c, DBG_POLICY, remote, action);
 			if (ret)
 				return drop(skb, c, ret);
+			/* A new TCP connection under HTTP rules goes through the proxy. */
+			if (ct == CT_NEW && action == ACTION_REDIRECT && p.proto == IPPROTO_TCP) {
+				if (!proxy_port)
+					return drop(skb, c, DROP_PROXY_UNAVAILABLE);
+				steer = proxy_port;
+			}
 		}
 		if (ct == CT_NEW &&
-		    ct_create(fam, &p, CT_EGRESS, len, now, ep_identity, rev_nat) < 0)
+		    ct_create(fam, &p, CT_EGRESS, len, now, ep_identity, rev_nat, steer) < 0)
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
 	}
+	/* A connection keeps the path it started on: rule changes apply to new ones. */
+	if (ct == CT_ESTABLISHED)
+		steer = entry->proxy_port;
+	if (steer)
+		return proxy_steer(skb, c, fam, &p, steer);
 
 	mark_from_lxc(skb, ep_id);
 	if (dst)
@@ -247,6 +261,23 @@ static __always_inline int from_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, 
 	emit_trace(skb, c, TRACE_TO_STACK);
 	count_forward(skb, c);
 	return TC_ACT_OK;
+}
+
+/* A packet to_container handed back for the proxy: steered to it, as a packet for the node
+ * (its destination MAC is the container's). */
+static __always_inline int from_lxc_to_proxy(struct __sk_buff *skb, struct ev_ctx *c, int fam)
+{
+	__u16 proxy_port = bpf_htons(skb->mark >> 16);
+	struct pkt p = {};
+	int ret;
+
+	c->dir = DIR_INGRESS;
+	ret = parse_ip(skb, &p, fam);
+	if (ret)
+		return drop(skb, c, ret);
+	if (bpf_skb_change_type(skb, 0 /* PACKET_HOST */) < 0)
+		return drop(skb, c, DROP_WRITE_ERROR);
+	return proxy_steer(skb, c, fam, &p, proxy_port);
 }
 
 /* Packets the container sends (lxc ingress). */
@@ -266,6 +297,13 @@ int from_container(struct __sk_buff *skb)
 	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
 	proto = eth->h_proto;
 
+	/* Handed back by to_container for the proxy (proxy.h): the upper half of the mark is the
+	 * proxy port. */
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_TO_PROXY &&
+	    (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)))
+		return from_lxc_to_proxy(skb, &c, proto == bpf_htons(ETH_P_IP) ? FAMILY_IPV4 :
+										 FAMILY_IPV6);
+
 	if (proto == bpf_htons(ETH_P_IP))
 		return from_lxc_ip(skb, &c, smac, FAMILY_IPV4);
 	if (proto == bpf_htons(ETH_P_IPV6))
@@ -279,9 +317,10 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 {
 	__u32 len = skb->len, remote = IDENTITY_UNKNOWN, overlay_id;
 	struct endpoint_info *ep, *src;
+	__u16 ep_flags, ep_id, proxy_port, steer = 0;
 	struct ct_entry *entry;
-	__u16 ep_flags, ep_id;
 	struct pkt p = {};
+	__s64 proxy_id;
 	__u8 action;
 	__u64 now;
 	int ret, ct;
@@ -317,10 +356,13 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	c->dst_identity = ep->identity;
 	c->debug = debug_on(ep_flags);
 
+	/* From the L7 proxy: its replies (with the original destination's address as source)
+	 * and its connections onward (with the client's identity). */
+	proxy_id = proxy_identity(skb);
 	/* A local endpoint's address as source only with that endpoint's mark: anything else
 	 * (a host process, the network) passing for it is spoofed. */
 	src = lxc_lookup(fam, &p.saddr);
-	if (src && !marked_from(skb, src))
+	if (src && !marked_from(skb, src) && proxy_id < 0)
 		return drop(skb, c, DROP_INVALID_SIP);
 	/* From another node through the overlay: the identity its tunnel key carried. */
 	overlay_id = overlay_identity(skb);
@@ -346,17 +388,38 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 	if (ct == CT_NEW || ct == CT_ESTABLISHED) {
 		/* The source identity: for the policy, and as the initiator of a new entry. */
 		if (ct == CT_NEW || (ep_flags & EP_F_POLICY_INGRESS)) {
-			remote = overlay_id ? overlay_id : remote_identity(fam, &p.saddr, src);
+			if (overlay_id)
+				remote = overlay_id;
+			else if (proxy_id > 0)
+				remote = proxy_id;
+			else
+				remote = remote_identity(fam, &p.saddr, src);
 			c->src_identity = remote;
 		}
 		if (ep_flags & EP_F_POLICY_INGRESS) {
-			ret = policy_check(remote, ep_id, DIR_INGRESS, &p, len, &action);
+			ret = policy_check(remote, ep_id, DIR_INGRESS, &p, len, &action, &proxy_port);
 			emit_debug(skb, c, DBG_POLICY, remote, action);
 			if (ret)
 				return drop(skb, c, ret);
+			/* A new TCP connection under HTTP rules goes through the proxy, unless it
+			 * comes from the proxy. */
+			if (ct == CT_NEW && action == ACTION_REDIRECT && p.proto == IPPROTO_TCP &&
+			    proxy_id < 0) {
+				if (!proxy_port)
+					return drop(skb, c, DROP_PROXY_UNAVAILABLE);
+				steer = proxy_port;
+			}
 		}
-		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote, 0) < 0)
+		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote, 0, steer) < 0)
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
+	}
+	/* A connection keeps the path it started on: rule changes apply to new ones. */
+	if (ct == CT_ESTABLISHED)
+		steer = entry->proxy_port;
+	if (steer) {
+		if (c->debug)
+			emit_event(skb, c, EVENT_TRACE << 8 | TRACE_TO_PROXY, bpf_ntohs(steer), 0);
+		return proxy_bounce(skb, steer);
 	}
 
 	emit_trace(skb, c, TRACE_TO_LXC);

@@ -140,6 +140,10 @@ pub struct AgentArgs {
     #[arg(long, env = "CILIUM_MASQUERADE", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = switch)]
     pub masquerade: Option<bool>,
+    /// Append one JSON record per HTTP request the L7 proxy handles to this file
+    /// [default: none]
+    #[arg(long, env = "CILIUM_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
     /// Path of the BPF filesystem; maps are pinned under `<path>/tc/globals` (mounted if
     /// it is not a bpffs yet) [default: /sys/fs/bpf]
     #[arg(long, env = "CILIUM_BPF_ROOT", value_name = "PATH")]
@@ -178,6 +182,7 @@ const FILE_KEYS: &[&str] = &[
     "tunnel",
     "device",
     "masquerade",
+    "access-log",
     "bpf-root",
     "docker",
     "prometheus-serve-addr",
@@ -214,6 +219,8 @@ pub struct AgentConfig {
     pub device: Option<String>,
     /// `--masquerade`.
     pub masquerade: bool,
+    /// `--access-log`: where the L7 proxy writes its records.
+    pub access_log: Option<PathBuf>,
     /// The BPF filesystem of the datapath; `None` runs the agent without a datapath (only
     /// for tests of the control plane: `cilium-agent` always has one).
     pub bpf_root: Option<PathBuf>,
@@ -285,6 +292,7 @@ impl AgentConfig {
             tunnel: TunnelMode::Vxlan,
             device: None,
             masquerade: true,
+            access_log: None,
             bpf_root: None,
             docker: None,
             prometheus_serve_addr: None,
@@ -466,6 +474,10 @@ impl AgentArgs {
             tunnel,
             device,
             masquerade: boolean(self.masquerade, "masquerade", true)?,
+            access_log: access_log(
+                self.access_log
+                    .or_else(|| file.get("access-log").map(PathBuf::from)),
+            )?,
             socket_path: path(self.socket_path, "socket-path", DEFAULT_SOCKET_PATH),
             state_dir: path(self.state_dir, "state-dir", DEFAULT_STATE_DIR),
             bpf_root: Some(path(self.bpf_root, "bpf-root", DEFAULT_BPF_ROOT)),
@@ -556,6 +568,30 @@ fn docker_socket(endpoint: String) -> Result<Option<PathBuf>, ConfigError> {
         });
     }
     Ok(Some(PathBuf::from(path)))
+}
+
+/// `--access-log`: an absolute path whose directory exists (empty = none).
+fn access_log(value: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = value.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "access-log",
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "'{}' is not an absolute path",
+            path.display()
+        )));
+    }
+    match path.parent() {
+        Some(dir) if dir.is_dir() => Ok(Some(path)),
+        _ => Err(invalid(format!(
+            "the directory of '{}' does not exist",
+            path.display()
+        ))),
+    }
 }
 
 /// Reads a config file: one `key: value` per line (a flat YAML mapping), `#` comments,

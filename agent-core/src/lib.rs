@@ -20,6 +20,7 @@ pub mod netns;
 pub mod node;
 pub mod options;
 pub mod policy;
+pub mod proxy;
 pub mod service;
 pub mod state;
 pub mod timestamp;

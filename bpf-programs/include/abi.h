@@ -37,6 +37,17 @@
  * sender's identity (from the tunnel key) in the other 24 bits, its low 16 bits in bits 16-31
  * and its high 8 bits in bits 0-7. to-container takes it as the source identity. */
 #define MARK_MAGIC_OVERLAY 0x0D00
+/* skb->mark of packets the datapath steers to the L7 proxy: the agent's policy routing rule
+ * (fwmark MARK_MAGIC_TO_PROXY/MARK_MAGIC_MASK -> a table with a local default route) makes
+ * the stack deliver them locally, to the proxy socket assigned with bpf_sk_assign. The upper
+ * 16 bits carry the proxy port (host order) when to_container hands the packet back to
+ * from_container of the same device for steering. */
+#define MARK_MAGIC_TO_PROXY 0x0A00
+/* skb->mark of packets the L7 proxy sends (SO_MARK on its sockets), in the overlay's layout:
+ * towards the original destination with the client's identity, back to the client with
+ * identity 0. to_container takes them as the proxy's only when they come from no device
+ * (sent by a local process). */
+#define MARK_MAGIC_PROXY 0x0B00
 
 /* ---- cilium_lxc: HASH, endpoint_key -> endpoint_info, one entry per endpoint address. */
 #define LXC_MAP_SIZE 65536
@@ -280,6 +291,7 @@ struct config_value {
 #define TRACE_TO_STACK 3   /* from-container handed the packet to the stack */
 #define TRACE_TO_OVERLAY 4 /* sent through the overlay; arg1 = the node (IPv4, network order) */
 #define TRACE_FROM_OVERLAY 5 /* received from the overlay; arg1 = the sending node */
+#define TRACE_TO_PROXY 6     /* steered to the L7 proxy; arg1 = the proxy port (host order) */
 
 /* Debug codes (subtype of EVENT_DEBUG); arg1/arg2 as noted. */
 #define DBG_CT_LOOKUP 1    /* arg1 = result: 0 new, 1 established, 2 reply, 3 related */
@@ -338,5 +350,6 @@ struct event {
 #define DROP_NO_SERVICE 158
 #define DROP_POLICY_L4 159 /* Policy denied (L4) */
 #define DROP_NO_TUNNEL_ENDPOINT 160
+#define DROP_PROXY_UNAVAILABLE 161 /* no L7 proxy socket to steer the connection to */
 
 #endif /* CILIUM_ABI_H */

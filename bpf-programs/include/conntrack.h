@@ -194,13 +194,14 @@ static __always_inline int ct_write(int fam, const struct pkt *p, __u8 dir, cons
 /* A new flow in direction dir; rev_nat = the service whose frontend its replies get back as
  * source (0 = none). 0, or < 0 when the entry could not be written. */
 static __always_inline int ct_create(int fam, const struct pkt *p, __u8 dir, __u32 len, __u64 now,
-				     __u32 src_identity, __u16 rev_nat)
+				     __u32 src_identity, __u16 rev_nat, __u16 proxy_port)
 {
 	struct ct_entry e = {
 		.tx_packets = 1,
 		.tx_bytes = len,
 		.src_identity = src_identity,
 		.rev_nat = rev_nat,
+		.proxy_port = proxy_port,
 	};
 
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))

@@ -40,7 +40,7 @@ static __always_inline __u32 remote_identity(int fam, const union addr *a,
 
 /* 1 when v decides (allow or redirect; its counters take the packet). */
 static __always_inline int policy_entry(struct policy_value *v, __u32 len, int *marker,
-					__u8 *action)
+					__u8 *action, __u16 *proxy_port)
 {
 	if (!v)
 		return 0;
@@ -51,6 +51,7 @@ static __always_inline int policy_entry(struct policy_value *v, __u32 len, int *
 		__sync_fetch_and_add(&v->packets, 1);
 		__sync_fetch_and_add(&v->bytes, len);
 		*action = v->action;
+		*proxy_port = v->action == ACTION_REDIRECT ? v->proxy_port : 0;
 		return 1;
 	}
 	if (v->action == ACTION_L4_ONLY)
@@ -58,10 +59,12 @@ static __always_inline int policy_entry(struct policy_value *v, __u32 len, int *
 	return 0;
 }
 
-/* 0 when allowed (*action = the deciding action), else DROP_POLICY or DROP_POLICY_L4.
- * The lookup order is abi.h's; REDIRECT allows (no L7 proxy yet). */
+/* 0 when allowed (*action = the deciding action; for REDIRECT *proxy_port = the L7 proxy's
+ * port, network order, 0 when the agent has none), else DROP_POLICY or DROP_POLICY_L4. The
+ * lookup order is abi.h's. */
 static __always_inline int policy_check(__u32 remote, __u16 endpoint_id, __u8 dir,
-					const struct pkt *p, __u32 len, __u8 *action)
+					const struct pkt *p, __u32 len, __u8 *action,
+					__u16 *proxy_port)
 {
 	struct policy_key k = {
 		.identity = remote,
@@ -72,26 +75,27 @@ static __always_inline int policy_check(__u32 remote, __u16 endpoint_id, __u8 di
 	int marker = 0;
 
 	*action = 0;
+	*proxy_port = 0;
 	if (l4) {
 		k.dport = p->dport;
 		k.proto = p->proto;
-		if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action))
+		if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action, proxy_port))
 			return 0;
 		k.dport = 0;
 		k.proto = 0;
 	}
-	if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action))
+	if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action, proxy_port))
 		return 0;
 	k.identity = 0;
 	if (l4) {
 		k.dport = p->dport;
 		k.proto = p->proto;
-		if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action))
+		if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action, proxy_port))
 			return 0;
 		k.dport = 0;
 		k.proto = 0;
 	}
-	if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action))
+	if (policy_entry(bpf_map_lookup_elem(&cilium_policy, &k), len, &marker, action, proxy_port))
 		return 0;
 	return marker ? DROP_POLICY_L4 : DROP_POLICY;
 }

@@ -87,9 +87,9 @@ class Datapath:
     def ipcache(self, cidr, identity):
         self.update("cilium_ipcache", ipcache_key(cidr), struct.pack("<II", identity, 0))
 
-    def policy(self, identity, ep_id, direction, action, dport=0, proto=0):
+    def policy(self, identity, ep_id, direction, action, dport=0, proto=0, proxy_port=0):
         self.update("cilium_policy", policy_key(identity, ep_id, direction, dport, proto),
-                    struct.pack("<HB5xQQ", 0, action, 0, 0))
+                    struct.pack("<HB5xQQ", socket.htons(proxy_port), action, 0, 0))
 
     def policy_counters(self, identity, ep_id, direction, dport=0, proto=0):
         v = self.lookup("cilium_policy", policy_key(identity, ep_id, direction, dport, proto))

@@ -328,6 +328,14 @@ def run_cases(dp, c):
     dp.policy(0, A_EP, DIR_EGRESS, ACTION_REDIRECT, 53, UDP)
     c.expect("(any, 53/UDP) REDIRECT allows", FC, from_a4(ipv4(A4, W4, UDP, udp(41000, 53))),
              TC_ACT_OK, 0)
+    # TCP under HTTP rules goes to the proxy: without a proxy port, or without the proxy's
+    # socket (none listens in this namespace), never past it
+    dp.policy(0, A_EP, DIR_EGRESS, ACTION_REDIRECT, 8080, TCP)
+    c.expect("(any, 8080/TCP) REDIRECT without a proxy port: dropped", FC,
+             from_a4(ipv4(A4, W4, TCP, tcp(41000, 8080))), TC_ACT_SHOT, 161)
+    dp.policy(0, A_EP, DIR_EGRESS, ACTION_REDIRECT, 8080, TCP, proxy_port=10080)
+    c.expect("(any, 8080/TCP) REDIRECT, no proxy listening: dropped", FC,
+             from_a4(ipv4(A4, W4, TCP, tcp(41001, 8080))), TC_ACT_SHOT, 161)
     dp.policy(IDENTITY_HOST, A_EP, DIR_EGRESS, ACTION_ALLOW)
     c.expect("ipcache identity (host) at L3", FC, from_a4(ipv4(A4, R4, UDP, udp(1, 9))),
              TC_ACT_OK, 0)

@@ -143,6 +143,7 @@ impl Agent for FakeAgent {
             ipam: Default::default(),
             datapath: None,
             cluster: None,
+            proxy: None,
             version: "fake".into(),
         })
     }

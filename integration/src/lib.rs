@@ -17,6 +17,7 @@ pub mod cni;
 pub mod containerd;
 pub mod docker;
 pub mod etcd;
+pub mod http;
 pub mod image;
 pub mod measure;
 pub mod monitor;

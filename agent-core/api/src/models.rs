@@ -79,6 +79,9 @@ pub struct StatusResponse {
     /// The node registry: nodes known and how they are reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Status>,
+    /// The L7 proxy: ports redirected and requests by verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Status>,
 }
 
 /// A node of the cluster (`GET /node`, `cilium node list`).
@@ -147,7 +150,8 @@ pub struct DatapathCounter {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct MonitorEvent {
-    /// "drop", "trace", "debug", or "lost" (events missed by this reader); "unknown" for an
+    /// "drop", "trace", "debug", "l7" (a request through the L7 proxy), or "lost" (events
+    /// missed by this reader); "unknown" for an
     /// event type the agent does not know.
     #[serde(rename = "type")]
     pub kind: String,
@@ -190,6 +194,9 @@ pub struct MonitorEvent {
     /// For "lost": how many events were missed.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub lost: u64,
+    /// For "l7": the L7 proxy's access log record of one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<serde_json::Value>,
 }
 
 fn is_zero_u64(n: &u64) -> bool {

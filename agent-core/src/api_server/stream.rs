@@ -30,6 +30,7 @@ pub enum MonitorFilter {
     Drop,
     Trace,
     Debug,
+    L7,
 }
 
 impl MonitorFilter {
@@ -39,6 +40,7 @@ impl MonitorFilter {
             MonitorFilter::Drop => monitor::KIND_DROP,
             MonitorFilter::Trace => monitor::KIND_TRACE,
             MonitorFilter::Debug => monitor::KIND_DEBUG,
+            MonitorFilter::L7 => monitor::KIND_L7,
         }
     }
 
@@ -56,8 +58,9 @@ impl FromStr for MonitorFilter {
             "drop" => Ok(MonitorFilter::Drop),
             "trace" => Ok(MonitorFilter::Trace),
             "debug" => Ok(MonitorFilter::Debug),
+            "l7" => Ok(MonitorFilter::L7),
             other => Err(format!(
-                "invalid event type '{other}': expected drop, trace or debug"
+                "invalid event type '{other}': expected drop, trace, debug or l7"
             )),
         }
     }
@@ -206,10 +209,11 @@ mod tests {
         assert_eq!("drop".parse(), Ok(MonitorFilter::Drop));
         assert_eq!("trace".parse(), Ok(MonitorFilter::Trace));
         assert_eq!("debug".parse(), Ok(MonitorFilter::Debug));
+        assert_eq!("l7".parse(), Ok(MonitorFilter::L7));
         assert!("Drop"
             .parse::<MonitorFilter>()
             .unwrap_err()
-            .contains("drop, trace or debug"));
+            .contains("drop, trace, debug or l7"));
         assert!(MonitorFilter::Drop.matches(&record("drop", 133)));
         assert!(MonitorFilter::Drop.matches(&monitor::lost(3)));
         assert!(!MonitorFilter::Drop.matches(&record("trace", 1)));

@@ -73,6 +73,9 @@ pub fn status(s: &StatusResponse) -> String {
     if let Some(cluster) = &s.cluster {
         status_line(&mut out, "Cluster", cluster);
     }
+    if let Some(proxy) = &s.proxy {
+        status_line(&mut out, "Proxy", proxy);
+    }
     if let Some(datapath) = &s.datapath {
         datapath_status(&mut out, datapath);
     }
@@ -687,6 +690,7 @@ pub(crate) mod tests {
                 version: "0.1.0".into(),
                 datapath: None,
                 cluster: None,
+                proxy: None,
             },
             endpoints: vec![endpoint(1, &["container:id=a"]), waiting],
             identities: 4,
@@ -795,6 +799,7 @@ pub(crate) mod tests {
             version: "0.1.0".into(),
             datapath: None,
             cluster: None,
+            proxy: None,
         };
         assert_eq!(
             status(&s),
@@ -834,6 +839,7 @@ pub(crate) mod tests {
                 events_lost: 0,
             }),
             cluster: None,
+            proxy: None,
         };
         assert_eq!(
             status(&s),

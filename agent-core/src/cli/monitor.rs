@@ -1,4 +1,5 @@
-//! `cilium monitor [--type drop|trace|debug] [-v] [--hex]`: prints the datapath's events as
+//! `cilium monitor [--type drop|trace|debug|l7] [-v] [--hex]`: prints the datapath's events
+//! (and the L7 proxy's requests) as
 //! the agent streams them (`GET /monitor`), in the text forms of
 //! [`crate::datapath::monitor::format_line`] or, with `-o json`, one JSON record per line.
 //! Runs until Ctrl-C or until the agent ends the stream; both exit 0.
@@ -22,6 +23,8 @@ pub enum EventType {
     Trace,
     /// Debug messages of the datapath (endpoints in debug mode)
     Debug,
+    /// Requests through the L7 proxy, with the verdict
+    L7,
 }
 
 impl EventType {
@@ -30,6 +33,7 @@ impl EventType {
             EventType::Drop => "drop",
             EventType::Trace => "trace",
             EventType::Debug => "debug",
+            EventType::L7 => "l7",
         }
     }
 }

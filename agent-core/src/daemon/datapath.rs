@@ -28,6 +28,7 @@ fn direction_entries(
     endpoint: u16,
     direction: u8,
     table: &crate::policy::DirectionTable,
+    proxy_port: &dyn Fn(u16) -> u16,
     out: &mut BTreeMap<PolicyKey, PolicyVerdict>,
 ) {
     let key = |identity: u32, port: u16, proto: u8| PolicyKey {
@@ -50,10 +51,15 @@ fn direction_entries(
                 action: abi::ACTION_ALLOW,
                 proxy_port: 0,
             },
-            // The L7 proxy is not in the path yet: the port is allowed at L4.
+            // TCP goes through the L7 proxy on its port (0: none, the datapath drops);
+            // other protocols are allowed at L4.
             Verdict::Redirect(_) => PolicyVerdict {
                 action: abi::ACTION_REDIRECT,
-                proxy_port: 0,
+                proxy_port: if k.port != 0 && (k.proto == 6 || k.proto == 0) {
+                    proxy_port(k.port)
+                } else {
+                    0
+                },
             },
         };
         out.insert(key(identity, k.port, k.proto), v);
@@ -74,6 +80,7 @@ pub(super) fn policy_entries(
     endpoint: u16,
     policy: Option<&ResolvedPolicy>,
     mode: Enforcement,
+    proxy_port: &dyn Fn(u16) -> u16,
 ) -> (u16, BTreeMap<PolicyKey, PolicyVerdict>) {
     let mut entries = BTreeMap::new();
     let mut flags = 0;
@@ -81,11 +88,23 @@ pub(super) fn policy_entries(
         Some(p) => {
             if p.ingress.enforcing {
                 flags |= abi::EP_F_POLICY_INGRESS;
-                direction_entries(endpoint, abi::DIR_INGRESS, &p.ingress, &mut entries);
+                direction_entries(
+                    endpoint,
+                    abi::DIR_INGRESS,
+                    &p.ingress,
+                    proxy_port,
+                    &mut entries,
+                );
             }
             if p.egress.enforcing {
                 flags |= abi::EP_F_POLICY_EGRESS;
-                direction_entries(endpoint, abi::DIR_EGRESS, &p.egress, &mut entries);
+                direction_entries(
+                    endpoint,
+                    abi::DIR_EGRESS,
+                    &p.egress,
+                    proxy_port,
+                    &mut entries,
+                );
             }
         }
         // No identity yet: nothing is known to be allowed.
@@ -151,7 +170,12 @@ impl Agent {
             .then(|| inner.policy.policy(identity))
             .flatten();
         let (mut flags, policy) = if record.options.get("Policy") {
-            policy_entries(record.id, policy.as_deref(), inner.policy.mode())
+            policy_entries(
+                record.id,
+                policy.as_deref(),
+                inner.policy.mode(),
+                &|dport| self.proxy_port(dport),
+            )
         } else {
             // Enforcement turned off for this endpoint: no policy flags, no entries.
             (0, Default::default())
@@ -337,6 +361,7 @@ impl Agent {
                 tracing::warn!(endpoint = record.id, "cannot update the datapath: {e}");
             }
         }
+        self.prune_proxy_ports(inner);
     }
 
     /// At start: the maps left by the previous run are brought in line with the restored

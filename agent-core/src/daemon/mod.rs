@@ -7,6 +7,7 @@ mod cluster;
 mod datapath;
 mod policy;
 mod process;
+mod proxy;
 mod restore;
 mod runtime;
 mod service;
@@ -97,6 +98,8 @@ pub enum StartError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("cannot start the L7 proxy: {0}")]
+    Proxy(String),
 }
 
 /// Result of deleting an endpoint: the endpoint as it was, and what could not be cleaned.
@@ -141,6 +144,8 @@ pub struct Agent {
     cluster: cluster::Cluster,
     /// Direct routing: the routes to other nodes' ranges this agent installed.
     cluster_routes: Mutex<BTreeMap<Cidr, std::net::IpAddr>>,
+    /// The L7 proxy (`daemon::proxy`); absent without a datapath or a tokio runtime.
+    proxy: Option<proxy::AgentProxy>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -185,6 +190,10 @@ impl Agent {
         };
         let cluster =
             cluster::Cluster::join(&config, &node, Arc::clone(&kvstore), datapath.is_some())?;
+        let proxy = match datapath {
+            Some(_) => proxy::AgentProxy::start(&config).map_err(StartError::Proxy)?,
+            None => None,
+        };
         let mut agent = Agent {
             config,
             node,
@@ -210,6 +219,7 @@ impl Agent {
             )),
             cluster,
             cluster_routes: Mutex::new(BTreeMap::new()),
+            proxy,
         };
         if let Some(socket) = &agent.config.docker {
             agent.set_container_runtime(
@@ -300,6 +310,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             datapath: self.datapath_status(),
             cluster: Some(self.cluster_status()),
+            proxy: self.datapath.is_some().then(|| self.proxy_status()),
         }
     }
 
@@ -340,6 +351,10 @@ impl Agent {
             ("tunnel", c.tunnel.as_str().to_string()),
             ("device", show(c.device.clone())),
             ("masquerade", c.masquerade.to_string()),
+            (
+                "access-log",
+                show(c.access_log.as_ref().map(|p| p.display().to_string())),
+            ),
             (
                 "config",
                 show(c.config_file.as_ref().map(|p| p.display().to_string())),

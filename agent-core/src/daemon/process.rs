@@ -38,6 +38,7 @@ impl Daemon {
     /// metrics listener if asked for (no TCP listener otherwise), then starts the agent. Must
     /// run inside a tokio runtime.
     pub fn start(config: AgentConfig, debug_switch: DebugSwitch) -> Result<Daemon, RunError> {
+        raise_fd_limit();
         let socket = ApiSocket::bind(&config.socket_path)?;
         let metrics = config
             .prometheus_serve_addr
@@ -46,6 +47,7 @@ impl Daemon {
         let agent = Arc::new(Agent::start(config, debug_switch)?);
         agent.start_datapath_maintenance();
         agent.start_cluster();
+        agent.start_proxy();
         if let Some(docker) = agent.config().docker.clone() {
             crate::docker::spawn(Arc::clone(&agent), docker);
         }
@@ -83,5 +85,28 @@ impl Daemon {
             metrics.abort();
         }
         Ok(())
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (systemd's default soft limit is
+/// 1,024): every connection through the L7 proxy holds two descriptors.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            tracing::warn!(
+                "cannot raise the open files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }

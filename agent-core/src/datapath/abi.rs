@@ -43,8 +43,23 @@ pub const TRACE_TO_LXC: u8 = 2;
 pub const TRACE_TO_STACK: u8 = 3;
 pub const TRACE_TO_OVERLAY: u8 = 4;
 pub const TRACE_FROM_OVERLAY: u8 = 5;
+pub const TRACE_TO_PROXY: u8 = 6;
 /// skb->mark magic of packets from-overlay hands to an endpoint (bits 8-11).
 pub const MARK_MAGIC_OVERLAY: u32 = 0x0D00;
+/// skb->mark magic of packets the datapath steers to the L7 proxy; the agent's policy routing
+/// rule (fwmark `MARK_MAGIC_TO_PROXY/MARK_MAGIC_MASK`) delivers them locally.
+pub const MARK_MAGIC_TO_PROXY: u32 = 0x0A00;
+/// skb->mark magic of what the L7 proxy sends (SO_MARK on its sockets).
+pub const MARK_MAGIC_PROXY: u32 = 0x0B00;
+/// The magic's bits.
+pub const MARK_MAGIC_MASK: u32 = 0x0F00;
+
+/// The mark of the proxy's sockets carrying `identity` (24 bits): its low 16 bits in bits
+/// 16-31, its high 8 bits in bits 0-7 (the overlay's layout). Identity 0 on the proxy's
+/// replies to clients.
+pub fn proxy_mark(identity: u32) -> u32 {
+    ((identity & 0xffff) << 16) | ((identity >> 16) & 0xff) | MARK_MAGIC_PROXY
+}
 pub const DBG_CT_LOOKUP: u8 = 1;
 pub const DBG_POLICY: u8 = 2;
 pub const DBG_ICMP6_ND: u8 = 3;
@@ -373,6 +388,7 @@ pub fn drop_reason(code: u8) -> Option<&'static str> {
         158 => "No service backend",
         159 => "Policy denied (L4)",
         160 => "No tunnel/encapsulation endpoint",
+        161 => "Proxy unavailable",
         _ => return None,
     })
 }

@@ -168,6 +168,12 @@ impl Datapath {
         self.events.subscribe()
     }
 
+    /// Hands an event that does not come from the programs (the L7 proxy's requests) to the
+    /// monitor readers.
+    pub fn publish(&self, event: Arc<MonitorEvent>) {
+        let _ = self.events.send(event);
+    }
+
     /// Records events a monitor reader missed.
     pub fn note_lost(&self, n: u64) {
         self.events_lost.fetch_add(n, Ordering::Relaxed);

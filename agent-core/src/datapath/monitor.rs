@@ -49,6 +49,8 @@ pub const KIND_TRACE: &str = "trace";
 pub const KIND_DEBUG: &str = "debug";
 /// Record kind reporting events a reader missed.
 pub const KIND_LOST: &str = "lost";
+/// A request through the L7 proxy; `message` is its one-line summary.
+pub const KIND_L7: &str = "l7";
 /// Record kind of an event type this agent does not know.
 pub const KIND_UNKNOWN: &str = "unknown";
 
@@ -81,6 +83,7 @@ pub fn decode(ev: &Event) -> MonitorEvent {
         layers: dissection.layers,
         data: to_hex(packet),
         lost: 0,
+        l7: None,
     }
 }
 
@@ -111,6 +114,7 @@ fn trace_point(ev: &Event) -> String {
         abi::TRACE_TO_STACK => "to-stack".to_string(),
         abi::TRACE_TO_OVERLAY => format!("to-overlay node {}", node()),
         abi::TRACE_FROM_OVERLAY => format!("from-overlay node {}", node()),
+        abi::TRACE_TO_PROXY => format!("to-proxy port {}", ev.arg1),
         other => format!("trace point {other}"),
     }
 }
@@ -206,6 +210,9 @@ pub fn hexdump(bytes: &[u8]) -> String {
 pub fn format_line(ev: &MonitorEvent, verbose: bool, hex: bool) -> String {
     if ev.kind == KIND_LOST {
         return format!("Lost {} events", ev.lost);
+    }
+    if ev.kind == KIND_L7 {
+        return ev.message.clone();
     }
     let has_packet = !ev.data.is_empty();
     let mut out = String::new();

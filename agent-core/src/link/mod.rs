@@ -7,6 +7,7 @@ mod attach;
 mod firewall;
 mod host;
 pub mod message;
+pub mod proxy_route;
 pub mod rtnl;
 pub mod socket;
 mod sysctl;

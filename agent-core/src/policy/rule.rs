@@ -124,6 +124,13 @@ pub struct HttpRule {
 }
 
 impl HttpRule {
+    /// Compiles a rule as the API carries it (the same checks as in a policy; header
+    /// strings are `Name` or `Name: value`). The error names the field:
+    /// `path: invalid regular expression '/a(': ...`, `headers[0]: 'a b' is not a header ...`.
+    pub fn from_model(model: &HttpRuleModel) -> Result<HttpRule, String> {
+        compile_http_rule(model).map_err(|e| e.to_string())
+    }
+
     /// Whether a request matches this rule.
     pub fn matches(&self, method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> bool {
         let re = |r: &Option<Regex>, v: &str| r.as_ref().is_none_or(|r| r.is_match(v));
@@ -748,47 +755,89 @@ fn parse_port(s: &str) -> Result<u16, String> {
 
 fn parse_http_rule(c: &mut Ctx, v: &Value) -> Result<HttpRule, Fail> {
     let m = c.object(v, &["method", "path", "host", "headers"])?;
-    let regex = |c: &mut Ctx, field: &str| -> Result<(String, Option<Regex>), Fail> {
-        let raw = c.string(m, field)?.unwrap_or_default();
-        if raw.is_empty() {
-            return Ok((raw, None));
-        }
-        let compiled = Regex::new(&format!("^(?:{raw})$")).or_else(|e| {
-            c.at(field, |c| {
-                c.fail(format!("invalid regular expression '{raw}': {e}"))
-            })
-        })?;
-        Ok((raw, Some(compiled)))
+    let method = c.string(m, "method")?.unwrap_or_default();
+    let path = c.string(m, "path")?.unwrap_or_default();
+    let host = c.string(m, "host")?.unwrap_or_default();
+    let headers = c.list(m, "headers", |c, v| match v {
+        Value::String(raw) => Ok(raw.clone()),
+        other => c.fail(format!("expected a header string, found {}", kind(other))),
+    })?;
+    let model = HttpRuleModel {
+        method,
+        path,
+        host,
+        headers,
     };
-    let (method_src, method) = regex(c, "method")?;
-    let (path_src, path) = regex(c, "path")?;
-    let (host_src, host) = regex(c, "host")?;
-    let headers = c.list(m, "headers", |c, v| {
-        let Value::String(raw) = v else {
-            return c.fail(format!("expected a header string, found {}", kind(v)));
-        };
+    compile_http_rule(&model).or_else(|e| match e.index {
+        Some(i) => c.at(e.field, |c| c.at(format!("[{i}]"), |c| c.fail(e.reason))),
+        None => c.at(e.field, |c| c.fail(e.reason)),
+    })
+}
+
+/// Why an HTTP rule does not compile: the field (`path`, `headers[1]`) and the reason.
+#[derive(Debug)]
+struct HttpRuleFail {
+    field: &'static str,
+    index: Option<usize>,
+    reason: String,
+}
+
+impl std::fmt::Display for HttpRuleFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}[{i}]: {}", self.field, self.reason),
+            None => write!(f, "{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+/// Compiles an HTTP rule: `method`, `path` and `host` are regular expressions anchored to
+/// the whole value (empty = any), each header is `Name` (present) or `Name: value` (present
+/// with exactly that value). The model kept in the rule has its header strings trimmed.
+fn compile_http_rule(model: &HttpRuleModel) -> Result<HttpRule, HttpRuleFail> {
+    let regex = |field: &'static str, raw: &str| -> Result<Option<Regex>, HttpRuleFail> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        Regex::new(&format!("^(?:{raw})$"))
+            .map(Some)
+            .map_err(|e| HttpRuleFail {
+                field,
+                index: None,
+                reason: format!("invalid regular expression '{raw}': {e}"),
+            })
+    };
+    let method = regex("method", &model.method)?;
+    let path = regex("path", &model.path)?;
+    let host = regex("host", &model.host)?;
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let mut trimmed = Vec::with_capacity(model.headers.len());
+    let mut headers = Vec::with_capacity(model.headers.len());
+    for (index, raw) in model.headers.iter().enumerate() {
         let (name, value) = match raw.split_once(':') {
             Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
             None => (raw.trim(), None),
         };
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if name.is_empty() || !name.bytes().all(token) {
-            return c.fail(format!(
-                "'{raw}' is not a header: expected 'Name' or 'Name: value'"
-            ));
+            return Err(HttpRuleFail {
+                field: "headers",
+                index: Some(index),
+                reason: format!("'{raw}' is not a header: expected 'Name' or 'Name: value'"),
+            });
         }
-        Ok((raw.trim().to_string(), name.to_ascii_lowercase(), value))
-    })?;
+        trimmed.push(raw.trim().to_string());
+        headers.push((name.to_ascii_lowercase(), value));
+    }
     Ok(HttpRule {
         model: HttpRuleModel {
-            method: method_src,
-            path: path_src,
-            host: host_src,
-            headers: headers.iter().map(|h| h.0.clone()).collect(),
+            method: model.method.clone(),
+            path: model.path.clone(),
+            host: model.host.clone(),
+            headers: trimmed,
         },
         method,
         path,
         host,
-        headers: headers.into_iter().map(|h| (h.1, h.2)).collect(),
+        headers,
     })
 }

@@ -1,0 +1,285 @@
+//! L7 HTTP policy through the agent's proxy on real traffic: the seed's L7 guide (app2 may
+//! only `GET /public` on app1), header and method rules, an egress HTTP rule, keep-alive
+//! with allowed and denied requests on one connection, a 1 MiB upload, the access log and
+//! `cilium monitor --type l7`, and switching the rule to L4-only.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cilium_api::models::Endpoint;
+use integration::cni::Node;
+use integration::http::{get, HttpClient, HttpServer};
+use integration::traffic::tcp_works;
+use integration::{bin, require_root, Agent, Netns};
+
+const ANY80: SocketAddr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 80);
+
+/// The seed's L7 policy (§2.2.10): app2 may only `GET /public` on app1.
+const L7_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [{"matchLabels":{"id":"app2"}}],
+    "toPorts": [{
+      "ports": [{"port": "80", "protocol": "tcp"}],
+      "rules": {"HTTP": [{"method": "GET", "path": "/public"}]}
+    }]
+  }],
+  "labels": ["unspec:guide=l7"]
+}]"#;
+
+/// The same rule at L4 only.
+const L4_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [{"matchLabels":{"id":"app2"}}],
+    "toPorts": [{"ports": [{"port": "80", "protocol": "tcp"}]}]
+  }],
+  "labels": ["unspec:guide=l7"]
+}]"#;
+
+fn import(agent: &Agent, dir: &std::path::Path, policy: &str) {
+    let path = dir.join("policy.json");
+    std::fs::write(&path, policy).expect("write policy");
+    agent.cli(&["policy", "delete", "--all"]).ok();
+    agent
+        .cli(&["policy", "import", path.to_str().expect("path")])
+        .ok();
+}
+
+fn v4(e: &Endpoint) -> IpAddr {
+    e.addressing.ipv4.expect("ipv4")
+}
+
+fn v6(e: &Endpoint) -> IpAddr {
+    e.addressing.ipv6.expect("ipv6")
+}
+
+/// A connection from `netns` to `to` that must answer.
+fn client(netns: &Netns, to: SocketAddr) -> HttpClient {
+    HttpClient::connect(&netns.name, to, "app1").expect("connect")
+}
+
+/// `cilium monitor --type l7 -o json` in the background: its lines.
+struct L7Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl L7Monitor {
+    fn start(agent: &Agent) -> L7Monitor {
+        let mut child = Command::new(bin("cilium"))
+            .args(["-H", &format!("unix://{}", agent.socket.display())])
+            .args(["monitor", "--type", "l7", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cilium monitor");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Let the stream open before the requests it should see.
+        std::thread::sleep(Duration::from_millis(300));
+        L7Monitor { child, lines }
+    }
+
+    /// The next record whose path is `path`.
+    fn expect(&self, path: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if ev["l7"]["path"] == path {
+                return ev;
+            }
+            seen.push(line);
+        }
+        panic!("no l7 record for {path}; saw {seen:?}");
+    }
+}
+
+impl Drop for L7Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn seed_l7_guide_through_the_proxy() {
+    if !require_root("seed_l7_guide_through_the_proxy") {
+        return;
+    }
+    let pre = Netns::new("l7n");
+    let access_log = tempfile::tempdir().expect("dir");
+    let log_path = access_log.path().join("access.log");
+    let node = Node::start_in(pre, &["--access-log", log_path.to_str().expect("path")]);
+    let c1 = Netns::new("l7a");
+    let c2 = Netns::new("l7b");
+    let c3 = Netns::new("l7c");
+    let e1 = node.add_labeled(&c1, &[("id", "app1")]);
+    let e2 = node.add_labeled(&c2, &[("id", "app2")]);
+    let _e3 = node.add_labeled(&c3, &[("id", "app3")]);
+    let server = HttpServer::start(&c1.name, ANY80);
+    let to_app1 = SocketAddr::new(v4(&e1), 80);
+
+    import(&node.agent, node.dir.path(), L7_POLICY);
+    let monitor = L7Monitor::start(&node.agent);
+
+    // app2: GET /public passes with the server's body, GET /private is denied by the proxy.
+    let mut c = client(&c2, to_app1);
+    let public = c.request("GET", "/public", &[], None).expect("GET /public");
+    assert_eq!((public.status, public.body.as_str()), (200, "/public\n"));
+    let private = c
+        .request("GET", "/private", &[], None)
+        .expect("GET /private");
+    assert_eq!(
+        (private.status, private.body.as_str()),
+        (403, "Access denied\n")
+    );
+    // The same connection stays usable: allowed, denied, allowed.
+    let again = c
+        .request("GET", "/public", &[], None)
+        .expect("GET /public again");
+    assert_eq!(again.status, 200);
+    let post = c.request("POST", "/public", &[], Some(b"x")).expect("POST");
+    assert_eq!(post.status, 403, "method not allowed by the rule");
+    let last = c
+        .request("GET", "/public", &[], None)
+        .expect("GET /public last");
+    assert_eq!(last.status, 200);
+    // The server saw only the allowed requests.
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+
+    // IPv6 goes through the proxy too.
+    let six = get(&c2.name, SocketAddr::new(v6(&e1), 80), "/private").expect("v6 response");
+    assert_eq!(six.status, 403);
+
+    // app3 is still dropped at L3: no connection at all.
+    assert!(!tcp_works(&c3.name, to_app1), "app3 reached app1");
+
+    // Access log and monitor: the denied request with the client's identity and labels.
+    let denied = monitor.expect("/private");
+    assert_eq!(denied["type"], "l7");
+    assert_eq!(denied["l7"]["verdict"], "denied");
+    assert_eq!(denied["l7"]["status"], 403);
+    assert_eq!(
+        denied["l7"]["source"]["identity"],
+        e2.identity.as_ref().expect("identity").id
+    );
+    let log = std::fs::read_to_string(&log_path).expect("access log");
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let forwarded = records
+        .iter()
+        .filter(|r| r["verdict"] == "forwarded" && r["path"] == "/public")
+        .count();
+    assert_eq!(forwarded, 3, "{log}");
+    assert!(
+        records.iter().any(|r| r["method"] == "POST"
+            && r["status"] == 403
+            && r["source"]["labels"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x == "container:id=app2"))),
+        "{log}"
+    );
+
+    // A 1 MiB upload through an allowed rule (PUT allowed by a method regex).
+    import(
+        &node.agent,
+        node.dir.path(),
+        &L7_POLICY.replace(
+            r#"{"method": "GET", "path": "/public"}"#,
+            r#"{"method": "GET|PUT", "path": "/public"}, {"method": "GET", "path": "/private", "headers": ["X-Token: yes"]}"#,
+        ),
+    );
+    let mut c = client(&c2, to_app1);
+    let body = vec![b'z'; 1 << 20];
+    let put = c
+        .request("PUT", "/public", &[], Some(&body))
+        .expect("PUT 1 MiB");
+    assert_eq!(
+        (put.status, put.body.as_str()),
+        (200, "received 1048576 bytes\n")
+    );
+    // Header rule: exact value needed.
+    let wrong = c
+        .request("GET", "/private", &[("X-Token", "no")], None)
+        .expect("GET /private wrong token");
+    assert_eq!(wrong.status, 403);
+    let right = c
+        .request("GET", "/private", &[("X-Token", "yes")], None)
+        .expect("GET /private with token");
+    assert_eq!(right.status, 200);
+
+    // L4 only: /private passes again, and the proxy is out of the path.
+    import(&node.agent, node.dir.path(), L4_POLICY);
+    let direct = get(&c2.name, to_app1, "/private").expect("GET /private at L4");
+    assert_eq!(direct.status, 200);
+    let status = node.agent.cli(&["status"]).ok();
+    assert!(status.contains("Proxy:"), "{status}");
+    assert!(status.contains("0 ports redirected"), "{status}");
+}
+
+#[test]
+fn egress_http_rule_of_the_client() {
+    if !require_root("egress_http_rule_of_the_client") {
+        return;
+    }
+    let node = Node::start("l7e");
+    let c1 = Netns::new("l7ea");
+    let c2 = Netns::new("l7eb");
+    let e1 = node.add_labeled(&c1, &[("id", "app1")]);
+    let _e2 = node.add_labeled(&c2, &[("id", "app2")]);
+    let _server = HttpServer::start(&c1.name, ANY80);
+    let to_app1 = SocketAddr::new(v4(&e1), 80);
+    // app2 may only GET /public on anything labelled id=app1; app1 has no ingress rule.
+    import(
+        &node.agent,
+        node.dir.path(),
+        r#"[{
+          "endpointSelector": {"matchLabels":{"id":"app2"}},
+          "egress": [{
+            "toEndpoints": [{"matchLabels":{"id":"app1"}}],
+            "toPorts": [{
+              "ports": [{"port": "80", "protocol": "tcp"}],
+              "rules": {"HTTP": [{"method": "GET", "path": "/public"}]}
+            }]
+          }],
+          "labels": ["unspec:guide=l7-egress"]
+        }]"#,
+    );
+    let mut c = client(&c2, to_app1);
+    assert_eq!(
+        c.request("GET", "/public", &[], None).expect("GET").status,
+        200
+    );
+    assert_eq!(
+        c.request("GET", "/private", &[], None).expect("GET").status,
+        403
+    );
+    // Garbage instead of HTTP: 400 and the connection is closed.
+    let mut raw = client(&c2, to_app1);
+    raw.send_raw(b"\x16\x03\x01\x00\x05hello\r\n\r\n")
+        .expect("send");
+    let answer = raw.read().expect("a response to garbage");
+    assert_eq!(answer.status, 400);
+    assert!(raw.closed_by_peer(), "connection kept after garbage");
+}
