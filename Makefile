@@ -10,7 +10,11 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd wrk
+TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd
+
+# What only the benchmarks compare against: wrk drives HTTP load, nginx is the reverse proxy a
+# user would otherwise put in front of an application (bench-proxy).
+BENCH_PACKAGES := wrk nginx-light
 
 deps:
 	@install/deps.sh
@@ -46,7 +50,7 @@ test: lint build
 # reference plugins, policy resolution vs an address-based iptables rule set, docker run on a
 # cilium network vs Docker's bridge driver.
 bench: deps
-	@install/deps.sh $(TEST_PACKAGES)
+	@install/deps.sh $(TEST_PACKAGES) $(BENCH_PACKAGES)
 	$(CARGO) build --release -p agent-core -p cilium-cni -p cilium-docker --bins
 	$(CARGO) run --release -p integration --bin bench-ipam
 	$(CARGO) run --release -p integration --bin bench-cni

@@ -191,7 +191,7 @@ impl Agent {
         let cluster =
             cluster::Cluster::join(&config, &node, Arc::clone(&kvstore), datapath.is_some())?;
         let proxy = match datapath {
-            Some(_) => proxy::AgentProxy::start(&config).map_err(StartError::Proxy)?,
+            Some(_) => Some(proxy::AgentProxy::start(&config).map_err(StartError::Proxy)?),
             None => None,
         };
         let mut agent = Agent {

@@ -16,7 +16,7 @@ use crate::datapath::abi;
 use crate::datapath::monitor::KIND_L7;
 use crate::policy::rule::HttpRule;
 use crate::policy::{DirectionTable, Verdict};
-use crate::proxy::{AccessLog, Connection, Proxy, ProxyPolicy};
+use crate::proxy::{AccessLog, AccessRecord, Connection, Proxy, ProxyPolicy};
 
 /// TCP, the only protocol the proxy speaks.
 const TCP: u8 = 6;
@@ -25,11 +25,60 @@ const ACCESS_QUEUE: usize = 1024;
 
 /// The proxy and what it needs from the agent.
 pub(super) struct AgentProxy {
+    /// Dropped first: closes the listeners and ends the connections' tasks.
     proxy: Proxy,
-    log: AccessLog,
     policy: Arc<ProxyRules>,
+    /// Where the monitor gets the access records, once the agent runs.
+    monitor: Arc<OnceLock<Arc<crate::datapath::Datapath>>>,
     /// Why the proxy cannot be in the path (no policy routing, a listener that failed).
     failure: Mutex<Option<String>>,
+    /// Kept for its drop, after the proxy's: stops the proxy's thread.
+    _runtime: ProxyRuntime,
+}
+
+/// The proxy's own single-threaded runtime on a thread of its own. One thread serves every
+/// proxied connection without handing work between threads: on a small node that costs
+/// less than the wake-ups of a shared multi-threaded runtime, and the API stays responsive
+/// under proxy load.
+struct ProxyRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyRuntime {
+    fn start() -> Result<ProxyRuntime, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build the proxy's runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("l7-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| format!("cannot start the proxy's thread: {e}"))?;
+        Ok(ProxyRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProxyRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentProxy {
@@ -51,29 +100,35 @@ struct ProxyRules {
 }
 
 impl AgentProxy {
-    /// Sets up the policy routing and the proxy on the current tokio runtime. `None` without
-    /// a runtime (control-plane tests).
-    pub(super) fn start(config: &crate::config::AgentConfig) -> Result<Option<AgentProxy>, String> {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return Ok(None);
-        };
+    /// Sets up the policy routing and the proxy on a runtime of its own.
+    pub(super) fn start(config: &crate::config::AgentConfig) -> Result<AgentProxy, String> {
+        let runtime = ProxyRuntime::start()?;
         let (live, _) = tokio::sync::broadcast::channel(ACCESS_QUEUE);
-        let log = AccessLog::new(config.access_log.as_deref(), live).map_err(|e| e.to_string())?;
+        let monitor: Arc<OnceLock<Arc<crate::datapath::Datapath>>> = Arc::default();
+        let sink = Arc::clone(&monitor);
+        let log = AccessLog::new(config.access_log.as_deref(), live)
+            .map_err(|e| e.to_string())?
+            .with_hook(Arc::new(move |record| {
+                if let Some(dp) = sink.get() {
+                    publish_record(dp, record);
+                }
+            }));
         let policy = Arc::new(ProxyRules::default());
         let proxy = Proxy::new(
-            handle,
+            runtime.handle.clone(),
             Arc::clone(&policy) as Arc<dyn ProxyPolicy>,
-            log.clone(),
+            log,
         );
         let failure = crate::link::proxy_route::ensure_proxy_routing()
             .err()
             .map(|e| format!("no policy routing for the proxy: {e}"));
-        Ok(Some(AgentProxy {
+        Ok(AgentProxy {
             proxy,
-            log,
             policy,
+            monitor,
             failure: Mutex::new(failure),
-        }))
+            _runtime: runtime,
+        })
     }
 
     /// The proxy port of destination port `dport`; 0 when the proxy cannot take it, which
@@ -122,6 +177,21 @@ impl AgentProxy {
     }
 }
 
+/// An access record on `cilium monitor --type l7`, when somebody is watching.
+fn publish_record(dp: &crate::datapath::Datapath, record: &AccessRecord) {
+    if !dp.has_monitor_readers() {
+        return;
+    }
+    dp.publish(Arc::new(MonitorEvent {
+        kind: KIND_L7.to_string(),
+        message: record.summary(),
+        src_identity: record.source.identity,
+        dst_identity: record.destination.identity,
+        l7: serde_json::to_value(record).ok(),
+        ..Default::default()
+    }));
+}
+
 /// Destination ports a resolved direction sends through the proxy.
 pub(super) fn redirected_ports(table: &DirectionTable, out: &mut BTreeSet<u16>) {
     if !table.enforcing {
@@ -138,38 +208,16 @@ pub(super) fn redirected_ports(table: &DirectionTable, out: &mut BTreeSet<u16>) 
 }
 
 impl Agent {
-    /// Lets the proxy answer from this agent's state, and forwards its access records to the
+    /// Lets the proxy answer from this agent's state, and sends its access records to the
     /// monitor.
     pub(super) fn start_proxy(self: &Arc<Self>) {
         let Some(proxy) = &self.proxy else {
             return;
         };
         let _ = proxy.policy.agent.set(Arc::downgrade(self));
-        let (Some(dp), Ok(handle)) = (&self.datapath, tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let mut records = proxy.log.subscribe();
-        let dp = Arc::clone(dp);
-        handle.spawn(async move {
-            loop {
-                let record = match records.recv().await {
-                    Ok(r) => r,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        dp.note_lost(n);
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                dp.publish(Arc::new(MonitorEvent {
-                    kind: KIND_L7.to_string(),
-                    message: record.summary(),
-                    src_identity: record.source.identity,
-                    dst_identity: record.destination.identity,
-                    l7: serde_json::to_value(&record).ok(),
-                    ..Default::default()
-                }));
-            }
-        });
+        if let Some(dp) = &self.datapath {
+            let _ = proxy.monitor.set(Arc::clone(dp));
+        }
     }
 
     /// The proxy port for `dport`; 0 without a proxy.

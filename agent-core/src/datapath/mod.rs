@@ -168,6 +168,11 @@ impl Datapath {
         self.events.subscribe()
     }
 
+    /// Whether anybody follows the monitor (`cilium monitor`).
+    pub fn has_monitor_readers(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     /// Hands an event that does not come from the programs (the L7 proxy's requests) to the
     /// monitor readers.
     pub fn publish(&self, event: Arc<MonitorEvent>) {

@@ -134,7 +134,12 @@ struct LogFile {
 pub struct AccessLog {
     file: Option<Arc<LogFile>>,
     live: broadcast::Sender<AccessRecord>,
+    hook: Option<RecordHook>,
 }
+
+/// Called with every record, on the proxy's thread, before it goes to live readers: must be
+/// quick and must not block.
+pub type RecordHook = Arc<dyn Fn(&AccessRecord) + Send + Sync>;
 
 impl fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,13 +177,28 @@ impl AccessLog {
                 }))
             }
         };
-        Ok(AccessLog { file, live })
+        Ok(AccessLog {
+            file,
+            live,
+            hook: None,
+        })
+    }
+
+    /// Also hands every record to `hook` (no task hop: cheaper than a live reader for a
+    /// consumer that usually has nothing to do, such as a monitor without readers).
+    pub fn with_hook(mut self, hook: RecordHook) -> AccessLog {
+        self.hook = Some(hook);
+        self
     }
 
     /// A log without file whose records only go to a fresh channel of `capacity` records.
     pub fn live_only(capacity: usize) -> AccessLog {
         let (live, _) = broadcast::channel(capacity.max(1));
-        AccessLog { file: None, live }
+        AccessLog {
+            file: None,
+            live,
+            hook: None,
+        }
     }
 
     /// The file records are appended to, if any.
@@ -195,6 +215,9 @@ impl AccessLog {
     pub(super) fn write(&self, record: AccessRecord) {
         if let Some(log) = &self.file {
             log.append(&record);
+        }
+        if let Some(hook) = &self.hook {
+            hook(&record);
         }
         // No receivers is fine: nobody is watching.
         let _ = self.live.send(record);

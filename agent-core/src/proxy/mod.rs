@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::http::HEADER_READ_TIMEOUT;
-pub use self::log::{AccessLog, AccessRecord, Destination, Source, Verdict};
+pub use self::log::{AccessLog, AccessRecord, Destination, RecordHook, Source, Verdict};
 use crate::policy::rule::HttpRule;
 
 /// The ports proxy listeners are allocated from (the first free one is taken).

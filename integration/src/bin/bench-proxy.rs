@@ -2,10 +2,14 @@
 //! without it, in one run:
 //!
 //! - (a) app2 -> app1:80 under the seed's policy at L4 only (no proxy in the path);
-//! - (b) the same with the seed's L7 rule (`GET /public`): every request checked by the proxy.
+//! - (b) the same with the seed's L7 rule (`GET /public`): every request checked by the proxy;
+//! - (c) what a user would put in the path instead: nginx (Debian's, one worker, upstream
+//!   keep-alive, no access log) as a reverse proxy in the node namespace, app2 ->
+//!   nginx -> app1, no policy.
 //!
-//! `wrk` (Debian's) in app2's namespace, keep-alive, 2 threads and 16 connections, 5 s per
-//! run, (a) and (b) in turn for a few rounds, medians of requests/s and of the p99 latency.
+//! `wrk` (Debian's) in app2's namespace, keep-alive, for 5 s: 16 connections on 2 threads
+//! (throughput) and 1 connection (the latency one request adds). (a), (b), (c) in turn for a
+//! few rounds, medians of requests/s and of the p50/p99 latency.
 //! The server in app1 is the tests' small threaded HTTP server. Then the agent's memory per
 //! 1,000 idle connections through the proxy (each made one request, so both its client and
 //! its upstream side exist), from the agent's resident set size before and after.
@@ -52,20 +56,14 @@ fn import(node: &Node, text: &str) {
         .ok();
 }
 
-/// One wrk run: (requests/s, p99 in µs).
-fn wrk(netns: &str, url: &str) -> (f64, f64) {
+/// One wrk run: (requests/s, p50 in µs, p99 in µs).
+fn wrk(netns: &str, url: &str, connections: u32) -> (f64, f64, f64) {
+    let threads = connections.min(2);
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "wrk",
-            "-t2",
-            "-c16",
-            "-d5s",
-            "--latency",
-            url,
-        ])
+        .args(["netns", "exec", netns, "wrk"])
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .args(["-d5s", "--latency", url])
         .output()
         .expect("run wrk (apt install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -75,16 +73,105 @@ fn wrk(netns: &str, url: &str) -> (f64, f64) {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no Requests/sec in {text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| micros(v.trim()))
-        .unwrap_or_else(|| panic!("no 99% latency in {text}"));
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| micros(v.trim()))
+            .unwrap_or_else(|| panic!("no {p} latency in {text}"))
+    };
     let errors = text
         .lines()
         .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
     assert!(errors.is_none(), "wrk saw errors: {text}");
-    (rps, p99)
+    (rps, percentile("50%"), percentile("99%"))
+}
+
+/// nginx as a reverse proxy to `upstream` on `listen`, in the node namespace; stopped on drop.
+struct Nginx {
+    pid_file: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(node: &Node, listen: SocketAddr, upstream: SocketAddr) -> Nginx {
+        let dir = node.dir.path();
+        let pid_file = dir.join("nginx.pid");
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1; pid {pid}; error_log {dir}/nginx-error.log; daemon on;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off;\n\
+                   upstream app1 {{ server {upstream}; keepalive 64; }}\n\
+                   server {{ listen {listen};\n\
+                     location / {{ proxy_pass http://app1; proxy_http_version 1.1;\n\
+                       proxy_set_header Connection \"\"; }} }} }}\n",
+                pid = pid_file.display(),
+                dir = dir.display(),
+            ),
+        )
+        .expect("nginx.conf");
+        let status = Command::new("ip")
+            .args(["netns", "exec", &node.netns.name, "nginx", "-c"])
+            .arg(&conf)
+            .status()
+            .expect("run nginx (apt install nginx-light)");
+        assert!(status.success(), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(300));
+        Nginx { pid_file }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+/// Medians of the rounds of one setup.
+#[derive(Default)]
+struct Runs {
+    rps: Vec<f64>,
+    p99: Vec<f64>,
+    one_p50: Vec<f64>,
+    one_p99: Vec<f64>,
+}
+
+impl Runs {
+    fn measure(&mut self, netns: &str, url: &str) {
+        let (rps, _, p99) = wrk(netns, url, 16);
+        let (_, one_p50, one_p99) = wrk(netns, url, 1);
+        self.rps.push(rps);
+        self.p99.push(p99);
+        self.one_p50.push(one_p50);
+        self.one_p99.push(one_p99);
+    }
+
+    fn medians(&self) -> (f64, f64, f64, f64) {
+        (
+            median(self.rps.clone()),
+            median(self.p99.clone()),
+            median(self.one_p50.clone()),
+            median(self.one_p99.clone()),
+        )
+    }
+
+    fn print(&self, label: &str) -> (f64, f64, f64, f64) {
+        let m = self.medians();
+        println!(
+            "  {label:<32} {:>8.0} req/s  p99 {:>6.0} µs   1 conn: p50 {:>5.0} µs  p99 {:>6.0} µs",
+            m.0, m.1, m.2, m.3
+        );
+        m
+    }
 }
 
 /// wrk's `1.23ms` / `456.00us` / `1.20s` in µs.
@@ -125,29 +212,55 @@ fn main() {
     let _server = HttpServer::start(&c1.name, ANY80);
     let ip: IpAddr = e1.addressing.ipv4.expect("ipv4");
     let url = format!("http://{ip}/public");
+    let router = node.sh(&["ip", "-4", "-o", "addr", "show", "cilium_host"]);
+    let router: IpAddr = router
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("router address on cilium_host");
+    let nginx_url = format!("http://{router}:8080/public");
 
-    let mut direct: (Vec<f64>, Vec<f64>) = Default::default();
-    let mut proxied: (Vec<f64>, Vec<f64>) = Default::default();
+    let (mut direct, mut proxied, mut nginx) = (Runs::default(), Runs::default(), Runs::default());
     for _ in 0..ROUNDS {
-        for (l7, series) in [(false, &mut direct), (true, &mut proxied)] {
-            import(&node, &policy(l7));
-            let (rps, p99) = wrk(&c2.name, &url);
-            series.0.push(rps);
-            series.1.push(p99);
-        }
+        import(&node, &policy(false));
+        direct.measure(&c2.name, &url);
+        import(&node, &policy(true));
+        proxied.measure(&c2.name, &url);
+        // nginx forwards from the node's address: no policy for app1 in this run.
+        node.agent.cli(&["policy", "delete", "--all"]).ok();
+        let server = Nginx::start(
+            &node,
+            SocketAddr::new(router, 8080),
+            SocketAddr::new(ip, 80),
+        );
+        nginx.measure(&c2.name, &nginx_url);
+        drop(server);
     }
-    println!("L7 proxy: HTTP GET keep-alive, wrk -t2 -c16 -d5s, {ROUNDS} rounds, medians");
-    let (d_rps, d_p99) = (median(direct.0), median(direct.1));
-    let (p_rps, p_p99) = (median(proxied.0), median(proxied.1));
-    println!("  without proxy (L4 rule)   {d_rps:>9.0} req/s   p99 {d_p99:>8.0} µs");
-    println!("  through proxy (L7 rule)   {p_rps:>9.0} req/s   p99 {p_p99:>8.0} µs");
     println!(
-        "  ratio through/without: {:.2} of the rate (target >= 0.5), p99 +{:.0} µs (target <= 1000)",
-        p_rps / d_rps,
-        p_p99 - d_p99
+        "L7 proxy: HTTP GET keep-alive, wrk 5 s (16 connections on 2 threads; and 1 connection), {ROUNDS} rounds, medians"
     );
+    let d = direct.print("without proxy (L4 rule)");
+    let p = proxied.print("through the agent's proxy (L7)");
+    let n = nginx.print("through nginx (no policy)");
+    println!(
+        "  agent's proxy / direct: {:.2} of the rate (target >= 0.5), p99 +{:.0} µs (target <= 1000); 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
+        p.0 / d.0,
+        p.1 - d.1,
+        p.2 - d.2,
+        p.3 - d.3
+    );
+    println!(
+        "  nginx / direct:         {:.2} of the rate, p99 +{:.0} µs; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
+        n.0 / d.0,
+        n.1 - d.1,
+        n.2 - d.2,
+        n.3 - d.3
+    );
+    println!("  agent's proxy / nginx:  {:.2} of the rate", p.0 / n.0);
 
     // Memory per 1,000 idle proxied connections.
+    import(&node, &policy(true));
     let pid = node.agent.pid().expect("agent pid");
     let to = SocketAddr::new(ip, 80);
     std::thread::sleep(Duration::from_millis(500));
