@@ -12,7 +12,8 @@ use cilium_api::models::Endpoint;
 use integration::cni::Node;
 use integration::http::{get, HttpClient, HttpServer};
 use integration::traffic::tcp_works;
-use integration::{bin, require_root, Agent, Netns};
+use integration::{bin, require_root, Agent, AgentOptions, Netns};
+use nix::sys::signal::Signal;
 
 const ANY80: SocketAddr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 80);
 
@@ -238,34 +239,33 @@ fn seed_l7_guide_through_the_proxy() {
     assert!(status.contains("0 ports redirected"), "{status}");
 }
 
+/// app2 may only GET /public on anything labelled id=app1.
+const EGRESS_RULE: &str = r#"{
+  "endpointSelector": {"matchLabels":{"id":"app2"}},
+  "egress": [{
+    "toEndpoints": [{"matchLabels":{"id":"app1"}}],
+    "toPorts": [{
+      "ports": [{"port": "80", "protocol": "tcp"}],
+      "rules": {"HTTP": [{"method": "GET", "path": "/public"}]}
+    }]
+  }],
+  "labels": ["unspec:guide=l7-egress"]
+}"#;
+
 #[test]
 fn egress_http_rule_of_the_client() {
     if !require_root("egress_http_rule_of_the_client") {
         return;
     }
-    let node = Node::start("l7e");
+    let mut node = Node::start("l7e");
     let c1 = Netns::new("l7ea");
     let c2 = Netns::new("l7eb");
     let e1 = node.add_labeled(&c1, &[("id", "app1")]);
     let _e2 = node.add_labeled(&c2, &[("id", "app2")]);
     let _server = HttpServer::start(&c1.name, ANY80);
     let to_app1 = SocketAddr::new(v4(&e1), 80);
-    // app2 may only GET /public on anything labelled id=app1; app1 has no ingress rule.
-    import(
-        &node.agent,
-        node.dir.path(),
-        r#"[{
-          "endpointSelector": {"matchLabels":{"id":"app2"}},
-          "egress": [{
-            "toEndpoints": [{"matchLabels":{"id":"app1"}}],
-            "toPorts": [{
-              "ports": [{"port": "80", "protocol": "tcp"}],
-              "rules": {"HTTP": [{"method": "GET", "path": "/public"}]}
-            }]
-          }],
-          "labels": ["unspec:guide=l7-egress"]
-        }]"#,
-    );
+    // app1 has no ingress rule.
+    import(&node.agent, node.dir.path(), &format!("[{EGRESS_RULE}]"));
     let mut c = client(&c2, to_app1);
     assert_eq!(
         c.request("GET", "/public", &[], None).expect("GET").status,
@@ -282,4 +282,43 @@ fn egress_http_rule_of_the_client() {
     let answer = raw.read().expect("a response to garbage");
     assert_eq!(answer.status, 400);
     assert!(raw.closed_by_peer(), "connection kept after garbage");
+
+    // After an agent restart the rule is enforced again through the new proxy.
+    node.agent.stop_with(Signal::SIGTERM);
+    node.agent = Agent::start(
+        node.dir.path(),
+        &AgentOptions {
+            netns: Some(node.netns.name.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        get(&c2.name, to_app1, "/private")
+            .expect("after restart")
+            .status,
+        403
+    );
+    assert_eq!(
+        get(&c2.name, to_app1, "/public")
+            .expect("after restart")
+            .status,
+        200
+    );
+
+    // app1's own policy still applies to what app2's egress rule allows: once app1 admits
+    // only app3, the proxy denies app2's request (for a local destination it checks both
+    // sides' rules; the datapath checks the onward connection, made with app2's identity).
+    let both = format!(
+        r#"[{EGRESS_RULE}, {{
+          "endpointSelector": {{"matchLabels":{{"id":"app1"}}}},
+          "ingress": [{{"fromEndpoints": [{{"matchLabels":{{"id":"app3"}}}}]}}],
+          "labels": ["unspec:guide=l7-app1"]
+        }}]"#
+    );
+    import(&node.agent, node.dir.path(), &both);
+    let denied_upstream = get(&c2.name, to_app1, "/public").expect("a response from the proxy");
+    assert_eq!(
+        (denied_upstream.status, denied_upstream.body.as_str()),
+        (403, "Access denied\n")
+    );
 }
