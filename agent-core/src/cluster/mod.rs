@@ -199,8 +199,10 @@ pub fn ip_key(ip: IpAddr) -> String {
 }
 
 impl NodeRecord {
-    /// Why the record is not valid, if it is not.
-    fn check(&self) -> Result<(), String> {
+    /// Why the record is not valid, if it is not: its name (see [`validate_node_name`]),
+    /// or a range of the wrong family. The registry skips other nodes' records that fail it
+    /// and refuses to join as such a node.
+    pub fn check(&self) -> Result<(), String> {
         validate_node_name(&self.name).map_err(|e| e.to_string())?;
         let family = |range: &Option<Cidr>, v4: bool| match range {
             Some(r) if r.network().is_ipv4() != v4 => Err(format!("range {r} of the wrong family")),
@@ -211,8 +213,8 @@ impl NodeRecord {
     }
 
     /// The first range of `other` that overlaps one of this node's ranges: (family, this
-    /// node's range, the other's).
-    fn overlap(&self, other: &NodeRecord) -> Option<(&'static str, Cidr, Cidr)> {
+    /// node's range, the other's). A node does not join while one is found.
+    pub fn overlap(&self, other: &NodeRecord) -> Option<(&'static str, Cidr, Cidr)> {
         [
             ("IPv4", self.ipv4_range, other.ipv4_range),
             ("IPv6", self.ipv6_range, other.ipv6_range),
@@ -230,8 +232,10 @@ fn to_json<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records of strings, numbers and addresses serialize")
 }
 
-/// The record stored at `key`, checked against the key.
-fn parse_node(key: &str, value: &[u8]) -> Result<NodeRecord, ClusterError> {
+/// The node record stored at `key` (as another node wrote it), as the registry reads it:
+/// JSON, valid ([`NodeRecord::check`]) and stored at the key of its name ([`node_key`]);
+/// otherwise [`ClusterError::Corrupt`].
+pub fn parse_node(key: &str, value: &[u8]) -> Result<NodeRecord, ClusterError> {
     let corrupt = |reason: String| ClusterError::Corrupt {
         key: key.to_string(),
         reason,
@@ -245,8 +249,10 @@ fn parse_node(key: &str, value: &[u8]) -> Result<NodeRecord, ClusterError> {
     Ok(record)
 }
 
-/// The record stored at `key`, checked against the key.
-fn parse_endpoint(key: &str, value: &[u8]) -> Result<EndpointRecord, ClusterError> {
+/// The endpoint record stored at `key` (as another node wrote it), as the registry reads
+/// it: JSON, with a valid node name, and stored at the key of its address ([`ip_key`]);
+/// otherwise [`ClusterError::Corrupt`].
+pub fn parse_endpoint(key: &str, value: &[u8]) -> Result<EndpointRecord, ClusterError> {
     let corrupt = |reason: String| ClusterError::Corrupt {
         key: key.to_string(),
         reason,

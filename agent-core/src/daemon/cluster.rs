@@ -226,10 +226,14 @@ impl Agent {
                 for event in watch {
                     // The allocator follows the same keys on a watch of its own, which may
                     // lag this one: a created identity is taken from the event itself.
+                    // Only cluster-scope ids: another node's record cannot claim a reserved
+                    // or a local (CIDR) id.
+                    let cluster_scope = crate::identity::MIN_CLUSTER..crate::identity::MIN_LOCAL;
                     let created = match &event {
                         crate::kvstore::WatchEvent::Put { key, value } => key
                             .strip_prefix(&prefix)
                             .and_then(|id| id.parse::<u32>().ok())
+                            .filter(|id| cluster_scope.contains(id))
                             .zip(serde_json::from_slice(value).ok())
                             .into_iter()
                             .collect(),

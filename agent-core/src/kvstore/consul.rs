@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use super::http::{normalize_endpoint, HttpClient, Reply, TransportError};
 use super::resync::KnownKeys;
 use super::{
-    check_key, sleep_unless, watch_channel, Entry, Kvstore, KvstoreError, LeaseId, Watch,
-    WatchSender,
+    check_key, sleep_unless, watch_channel, Entry, FuzzDecoded, Kvstore, KvstoreError, LeaseId,
+    Watch, WatchSender,
 };
 
 const BACKEND: &str = "consul";
@@ -104,18 +104,7 @@ impl Consul {
             Some(ops.to_string().as_bytes()),
             None,
         )?;
-        match reply.status {
-            200 => Ok(Ok(())),
-            409 => {
-                let errors = serde_json::from_slice::<Value>(&reply.body)
-                    .ok()
-                    .and_then(|v| v.get("Errors").cloned())
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| reply.text());
-                Ok(Err(errors))
-            }
-            _ => Err(rejected(op, key, &reply)),
-        }
+        txn_outcome(op, key, &reply)
     }
 }
 
@@ -150,25 +139,135 @@ impl Inner {
             timeout = Some(wait + wait / 8 + super::REQUEST_TIMEOUT);
         }
         let reply = self.send(op, prefix, "GET", &path, None, timeout)?;
-        let index = reply
-            .header("X-Consul-Index")
-            .and_then(|i| i.parse().ok())
-            .unwrap_or(0);
-        let pairs: Vec<KvPair> = match reply.status {
-            404 => Vec::new(),
-            200 => serde_json::from_slice(&reply.body).map_err(|e| KvstoreError::Corrupt {
-                op,
-                key: prefix.to_string(),
-                reason: e.to_string(),
-            })?,
-            _ => return Err(rejected(op, prefix, &reply)),
-        };
-        let mut entries = pairs
+        decode_listing(op, prefix, &reply)
+    }
+}
+
+/// A recursive (or blocking) query's answer: the entries under `prefix`, sorted by key, and
+/// the index of the answer.
+fn decode_listing(
+    op: &'static str,
+    prefix: &str,
+    reply: &Reply,
+) -> Result<(Vec<(String, Entry)>, u64), KvstoreError> {
+    let index = reply
+        .header("X-Consul-Index")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    let pairs: Vec<KvPair> = match reply.status {
+        404 => Vec::new(),
+        200 => serde_json::from_slice(&reply.body).map_err(|e| KvstoreError::Corrupt {
+            op,
+            key: prefix.to_string(),
+            reason: e.to_string(),
+        })?,
+        _ => return Err(rejected(op, prefix, reply)),
+    };
+    let mut entries = pairs
+        .into_iter()
+        .map(|p| decode_pair(op, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((entries, index))
+}
+
+/// The answer to a read of `key`: its entry, if the answer has it.
+fn decode_get(op: &'static str, key: &str, reply: &Reply) -> Result<Option<Entry>, KvstoreError> {
+    match reply.status {
+        404 => Ok(None),
+        200 => {
+            let pairs: Vec<KvPair> =
+                serde_json::from_slice(&reply.body).map_err(|e| KvstoreError::Corrupt {
+                    op,
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            pairs
+                .into_iter()
+                .find(|p| p.key == key)
+                .map(|p| decode_pair(op, p).map(|(_, e)| e))
+                .transpose()
+        }
+        _ => Err(rejected(op, key, reply)),
+    }
+}
+
+/// The answer to a transaction: `Ok(Ok(()))` when it committed, `Ok(Err(errors))` when an
+/// operation failed (nothing applied).
+fn txn_outcome(
+    op: &'static str,
+    key: &str,
+    reply: &Reply,
+) -> Result<Result<(), String>, KvstoreError> {
+    match reply.status {
+        200 => Ok(Ok(())),
+        409 => {
+            let errors = serde_json::from_slice::<Value>(&reply.body)
+                .ok()
+                .and_then(|v| v.get("Errors").cloned())
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| reply.text());
+            Ok(Err(errors))
+        }
+        _ => Err(rejected(op, key, reply)),
+    }
+}
+
+/// The session ID of the answer to a session creation.
+fn session_id(op: &'static str, key: &str, reply: &Reply) -> Result<String, KvstoreError> {
+    if reply.status != 200 {
+        return Err(rejected(op, key, reply));
+    }
+    serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("ID").and_then(Value::as_str).map(str::to_string))
+        .ok_or_else(|| KvstoreError::Corrupt {
+            op,
+            key: key.to_string(),
+            reason: format!("no session ID in '{}'", reply.text()),
+        })
+}
+
+/// Whether the answer to a session renewal says the session lives (false: it ended).
+fn session_renewed(op: &'static str, session: &str, reply: &Reply) -> Result<bool, KvstoreError> {
+    match reply.status {
+        200 if reply.text() != "null" && reply.text() != "[]" => Ok(true),
+        200 | 404 => Ok(false),
+        _ => Err(rejected(op, session, reply)),
+    }
+}
+
+/// Fuzzing only (`fuzz/fuzz_targets/kvstore_records.rs`): reads `body`, answered with HTTP
+/// `status` and the `X-Consul-Index` header `index`, as each answer the client reads (a
+/// recursive listing and a blocking query on it, a read of `key`, a transaction, a
+/// compare-and-swap, a session creation and renewal), through the functions the [`Consul`]
+/// methods and the watch thread use, without an agent.
+#[doc(hidden)]
+pub fn fuzz_decode(status: u16, index: Option<&str>, key: &str, body: &[u8]) -> FuzzDecoded {
+    let reply = Reply {
+        status,
+        body: body.to_vec(),
+        headers: index
+            .map(|i| ("X-Consul-Index".to_string(), i.to_string()))
             .into_iter()
-            .map(|p| decode_pair(op, p))
-            .collect::<Result<Vec<_>, _>>()?;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok((entries, index))
+            .collect(),
+    };
+    let listing = decode_listing("list", "cilium/", &reply).map(|(entries, _)| entries);
+    // What a watch that knew no key reports for the answer to its blocking query.
+    let events = match &listing {
+        Ok(entries) => KnownKeys::default().resync(entries.clone()),
+        Err(_) => Vec::new(),
+    };
+    let _ = txn_outcome("create", key, &reply);
+    let _ = parse_bool("compare-and-swap", key, &reply);
+    let _ = session_id("grant-lease", "ttl 10s", &reply);
+    let _ = session_renewed("keep-alive", "session", &reply);
+    FuzzDecoded {
+        listing,
+        get: decode_get("get", key, &reply),
+        events,
+        stream_objects: Vec::new(),
+        stream_objects_bytewise: Vec::new(),
     }
 }
 
@@ -309,23 +408,7 @@ impl Kvstore for Consul {
             None,
             None,
         )?;
-        match reply.status {
-            404 => Ok(None),
-            200 => {
-                let pairs: Vec<KvPair> =
-                    serde_json::from_slice(&reply.body).map_err(|e| KvstoreError::Corrupt {
-                        op: OP,
-                        key: key.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                pairs
-                    .into_iter()
-                    .find(|p| p.key == key)
-                    .map(|p| decode_pair(OP, p).map(|(_, e)| e))
-                    .transpose()
-            }
-            _ => Err(rejected(OP, key, &reply)),
-        }
+        decode_get(OP, key, &reply)
     }
 
     fn create_if_absent(
@@ -449,17 +532,7 @@ impl Kvstore for Consul {
             Some(body.as_bytes()),
             None,
         )?;
-        if reply.status != 200 {
-            return Err(rejected(OP, &key, &reply));
-        }
-        let id = serde_json::from_slice::<Value>(&reply.body)
-            .ok()
-            .and_then(|v| v.get("ID").and_then(Value::as_str).map(str::to_string))
-            .ok_or_else(|| KvstoreError::Corrupt {
-                op: OP,
-                key: key.clone(),
-                reason: format!("no session ID in '{}'", reply.text()),
-            })?;
+        let id = session_id(OP, &key, &reply)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.next += 1;
         let lease = sessions.next;
@@ -480,13 +553,11 @@ impl Kvstore for Consul {
             Some(b""),
             None,
         )?;
-        match reply.status {
-            200 if reply.text() != "null" && reply.text() != "[]" => Ok(()),
-            200 | 404 => {
-                self.forget(lease);
-                Err(KvstoreError::LeaseNotFound { op: OP, lease })
-            }
-            _ => Err(rejected(OP, &session, &reply)),
+        if session_renewed(OP, &session, &reply)? {
+            Ok(())
+        } else {
+            self.forget(lease);
+            Err(KvstoreError::LeaseNotFound { op: OP, lease })
         }
     }
 

@@ -22,9 +22,9 @@ use serde_json::Value;
 
 pub use config::EtcdConfig;
 
-use super::http::{HttpClient, TransportError};
+use super::http::{HttpClient, Reply, TransportError};
 use super::resync::KnownKeys;
-use super::{check_key, watch_channel, Entry, Kvstore, KvstoreError, LeaseId, Watch};
+use super::{check_key, watch_channel, Entry, FuzzDecoded, Kvstore, KvstoreError, LeaseId, Watch};
 
 const BACKEND: &str = "etcd";
 
@@ -79,17 +79,7 @@ impl Inner {
             .http
             .send("POST", path, Some(body.as_bytes()), None, &[])
             .map_err(CallError::Transport)?;
-        if reply.status != 200 {
-            let message = serde_json::from_slice::<Value>(&reply.body)
-                .map(|v| wire::error_message(&v))
-                .unwrap_or_else(|_| reply.text());
-            return Err(CallError::Server(format!(
-                "HTTP {}: {message}",
-                reply.status
-            )));
-        }
-        serde_json::from_slice(&reply.body)
-            .map_err(|e| CallError::Decode(format!("{path}: {e}: {}", reply.text())))
+        decode_reply(path, &reply)
     }
 
     /// [`Inner::call`] with the error named after `op` and `key`; a server error about the
@@ -119,12 +109,7 @@ impl Inner {
             &wire::range_prefix(prefix, false),
             None,
         )?;
-        let entries = response
-            .kvs
-            .iter()
-            .map(|kv| decode_kv(op, kv))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((entries, response.header.revision))
+        Ok((decode_kvs(op, &response.kvs)?, response.header.revision))
     }
 
     fn stopped(&self) -> bool {
@@ -159,6 +144,30 @@ fn name_error(e: CallError, op: &'static str, key: &str, lease: Option<LeaseId>)
     }
 }
 
+/// The answer to a gateway request to `path`: its JSON when the status is 200, else the
+/// server's error.
+fn decode_reply<T: DeserializeOwned>(path: &str, reply: &Reply) -> Result<T, CallError> {
+    if reply.status != 200 {
+        let message = serde_json::from_slice::<Value>(&reply.body)
+            .map(|v| wire::error_message(&v))
+            .unwrap_or_else(|_| reply.text());
+        return Err(CallError::Server(format!(
+            "HTTP {}: {message}",
+            reply.status
+        )));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| CallError::Decode(format!("{path}: {e}: {}", reply.text())))
+}
+
+/// The key-values of a range response as (key, entry).
+fn decode_kvs(
+    op: &'static str,
+    kvs: &[wire::KeyValue],
+) -> Result<Vec<(String, Entry)>, KvstoreError> {
+    kvs.iter().map(|kv| decode_kv(op, kv)).collect()
+}
+
 /// A gateway key-value as (key, entry).
 fn decode_kv(op: &'static str, kv: &wire::KeyValue) -> Result<(String, Entry), KvstoreError> {
     let corrupt = |reason: String| KvstoreError::Corrupt {
@@ -189,6 +198,172 @@ fn first_entry(
         .first()
         .map(|kv| decode_kv(op, kv).map(|(_, entry)| entry))
         .transpose()
+}
+
+/// The outcome of a create-if-absent transaction: `None` = created, else the existing entry.
+fn created(
+    op: &'static str,
+    key: &str,
+    response: &wire::TxnResponse,
+) -> Result<Option<Entry>, KvstoreError> {
+    if response.succeeded {
+        return Ok(None);
+    }
+    let range = response
+        .responses
+        .first()
+        .and_then(|r| r.response_range.as_ref());
+    match range.map(|r| first_entry(op, r)).transpose()?.flatten() {
+        Some(existing) => Ok(Some(existing)),
+        None => Err(KvstoreError::Corrupt {
+            op,
+            key: key.to_string(),
+            reason: "the key exists but the transaction did not return it".to_string(),
+        }),
+    }
+}
+
+/// Whether a delete-if transaction deleted the key.
+fn deleted_if(response: &wire::TxnResponse) -> bool {
+    let deleted = response
+        .responses
+        .first()
+        .and_then(|r| r.response_delete_range.as_ref())
+        .map_or(0, |d| d.deleted);
+    response.succeeded && deleted > 0
+}
+
+/// The lease a grant answer names (`key` names the request, `seconds` the TTL asked).
+fn granted(
+    op: &'static str,
+    key: &str,
+    seconds: u64,
+    response: &wire::LeaseResponse,
+) -> Result<LeaseId, KvstoreError> {
+    if !response.error.is_empty() || response.ID == 0 {
+        return Err(KvstoreError::Rejected {
+            backend: BACKEND,
+            op,
+            key: key.to_string(),
+            reason: format!("no lease granted: {}", response.error),
+        });
+    }
+    if response.TTL > 0 && response.TTL.unsigned_abs() != seconds {
+        tracing::debug!(
+            "kvstore etcd: lease {:x} granted with a TTL of {}s (asked {seconds}s)",
+            response.ID,
+            response.TTL
+        );
+    }
+    Ok(LeaseId(response.ID))
+}
+
+/// The answer of the keep-alive stream to one keep-alive of `lease`: its first message.
+fn kept_alive(
+    op: &'static str,
+    key: &str,
+    lease: LeaseId,
+    reply: &Reply,
+) -> Result<(), KvstoreError> {
+    let mut splitter = wire::ObjectSplitter::default();
+    let first = splitter.push(&reply.body).into_iter().next();
+    let parsed = first.map(|o| serde_json::from_slice::<Value>(&o));
+    let messages = match parsed {
+        Some(Ok(v)) if reply.status == 200 => v,
+        Some(Ok(v)) => {
+            let reason = format!("HTTP {}: {}", reply.status, wire::error_message(&v));
+            return Err(name_error(CallError::Server(reason), op, key, Some(lease)));
+        }
+        _ => {
+            let reason = format!(
+                "HTTP {}: unreadable answer '{}'",
+                reply.status,
+                reply.text()
+            );
+            return Err(name_error(CallError::Decode(reason), op, key, Some(lease)));
+        }
+    };
+    let message: wire::StreamMessage<wire::LeaseResponse> = serde_json::from_value(messages)
+        .map_err(|e| name_error(CallError::Decode(e.to_string()), op, key, Some(lease)))?;
+    if let Some(error) = message.error {
+        let reason = wire::error_message(&error);
+        return Err(name_error(CallError::Server(reason), op, key, Some(lease)));
+    }
+    match message.result {
+        Some(r) if r.TTL > 0 => Ok(()),
+        _ => Err(KvstoreError::LeaseNotFound { op, lease }),
+    }
+}
+
+/// Fuzzing only (`fuzz/fuzz_targets/kvstore_records.rs`): reads `body`, answered with HTTP
+/// `status`, as each gateway answer the client reads (range, create-if-absent,
+/// compare-and-swap and delete-if transactions, delete-range, lease grant, keep-alive and
+/// revoke) and as the bytes of a watch stream, through the functions the [`Etcd`] methods
+/// and the watch thread use, without a server.
+#[doc(hidden)]
+pub fn fuzz_decode(status: u16, body: &[u8]) -> FuzzDecoded {
+    /// What `Inner::request` makes of the answer.
+    fn read<T: DeserializeOwned>(
+        op: &'static str,
+        path: &str,
+        lease: Option<LeaseId>,
+        reply: &Reply,
+    ) -> Result<T, KvstoreError> {
+        decode_reply(path, reply).map_err(|e| name_error(e, op, "cilium/fuzz", lease))
+    }
+    let reply = Reply {
+        status,
+        body: body.to_vec(),
+        headers: Vec::new(),
+    };
+    let key = "cilium/fuzz";
+    let lease = LeaseId(7);
+    let range = read("list", "/v3/kv/range", None, &reply);
+    let listing = range.and_then(|r: wire::RangeResponse| decode_kvs("list", &r.kvs));
+    let range = read("get", "/v3/kv/range", None, &reply);
+    let get = range.and_then(|r: wire::RangeResponse| first_entry("get", &r));
+    let txn = read("create", "/v3/kv/txn", Some(lease), &reply);
+    let _ = txn.and_then(|t: wire::TxnResponse| created("create", key, &t));
+    let txn = read("delete-if", "/v3/kv/txn", None, &reply);
+    let _ = txn.map(|t: wire::TxnResponse| (t.succeeded, deleted_if(&t)));
+    let delete = read("delete", "/v3/kv/deleterange", None, &reply);
+    let _ = delete.map(|d: wire::DeleteRangeResponse| d.deleted > 0);
+    let grant = read("grant-lease", "/v3/lease/grant", None, &reply);
+    let _ = grant.and_then(|g: wire::LeaseResponse| granted("grant-lease", key, 2, &g));
+    let _ = kept_alive("keep-alive", key, lease, &reply);
+    let _: Result<Value, _> = read("revoke-lease", "/v3/lease/revoke", Some(lease), &reply);
+
+    // The body as a watch stream, read whole and one byte at a time. Every message is
+    // handled; after one that ends the stream the watch reconnects from the next revision
+    // (keeping its state).
+    let mut whole = wire::ObjectSplitter::default();
+    let stream_objects = whole.push(body);
+    let mut bytewise = wire::ObjectSplitter::default();
+    let stream_objects_bytewise = body.iter().flat_map(|b| bytewise.push(&[*b])).collect();
+    let inner = Inner {
+        http: HttpClient::new(vec!["http://127.0.0.1:9".into()], None),
+        closed: AtomicBool::new(false),
+    };
+    let (sender, watch) = watch_channel();
+    let state = watch::WatchState {
+        prefix: "cilium/".into(),
+        last_revision: 1,
+        known: KnownKeys::default(),
+    };
+    let mut watcher = watch::Watcher::new(&inner, &sender, state);
+    for object in &stream_objects {
+        if watcher.handle(object).is_some() {
+            let _ = wire::watch_create(&watcher.state.prefix, watcher.next_revision());
+        }
+    }
+    drop(sender);
+    FuzzDecoded {
+        listing,
+        get,
+        events: watch.collect(),
+        stream_objects,
+        stream_objects_bytewise,
+    }
 }
 
 /// A lease TTL in etcd's whole seconds, rounded up, at least 1.
@@ -292,21 +467,7 @@ impl Kvstore for Etcd {
         let request = wire::txn_create(key, value, lease.map(|l| l.0));
         let response: wire::TxnResponse =
             self.inner.request(OP, key, "/v3/kv/txn", &request, lease)?;
-        if response.succeeded {
-            return Ok(None);
-        }
-        let range = response
-            .responses
-            .first()
-            .and_then(|r| r.response_range.as_ref());
-        match range.map(|r| first_entry(OP, r)).transpose()?.flatten() {
-            Some(existing) => Ok(Some(existing)),
-            None => Err(KvstoreError::Corrupt {
-                op: OP,
-                key: key.to_string(),
-                reason: "the key exists but the transaction did not return it".to_string(),
-            }),
-        }
+        created(OP, key, &response)
     }
 
     fn compare_and_swap(
@@ -338,12 +499,7 @@ impl Kvstore for Etcd {
         let request = wire::txn_delete_if(key, expected);
         let response: wire::TxnResponse =
             self.inner.request(OP, key, "/v3/kv/txn", &request, None)?;
-        let deleted = response
-            .responses
-            .first()
-            .and_then(|r| r.response_delete_range.as_ref())
-            .map_or(0, |d| d.deleted);
-        Ok(response.succeeded && deleted > 0)
+        Ok(deleted_if(&response))
     }
 
     fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, Entry)>, KvstoreError> {
@@ -361,11 +517,7 @@ impl Kvstore for Etcd {
             &wire::range_prefix(prefix, true),
             None,
         )?;
-        let listing = response
-            .kvs
-            .iter()
-            .map(|kv| decode_kv(OP, kv))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listing = decode_kvs(OP, &response.kvs)?;
         let state = watch::WatchState {
             prefix: prefix.to_string(),
             last_revision: response.header.revision,
@@ -396,70 +548,26 @@ impl Kvstore for Etcd {
             &wire::lease_grant(seconds),
             None,
         )?;
-        if !response.error.is_empty() || response.ID == 0 {
-            return Err(KvstoreError::Rejected {
-                backend: BACKEND,
-                op: OP,
-                key,
-                reason: format!("no lease granted: {}", response.error),
-            });
-        }
-        if response.TTL > 0 && response.TTL.unsigned_abs() != seconds {
-            tracing::debug!(
-                "kvstore etcd: lease {:x} granted with a TTL of {}s (asked {seconds}s)",
-                response.ID,
-                response.TTL
-            );
-        }
-        Ok(LeaseId(response.ID))
+        granted(OP, &key, seconds, &response)
     }
 
     /// One keep-alive on the gateway's keep-alive stream; a TTL of 0 means the lease ended.
     fn keep_alive(&self, lease: LeaseId) -> Result<(), KvstoreError> {
         const OP: &str = "keep-alive";
         let key = format!("lease {lease}");
-        let messages: Value = {
-            let body = wire::lease_id(lease.0).to_string();
-            let reply = self
-                .inner
-                .http
-                .send(
-                    "POST",
-                    "/v3/lease/keepalive",
-                    Some(body.as_bytes()),
-                    None,
-                    &[],
-                )
-                .map_err(|e| name_error(CallError::Transport(e), OP, &key, Some(lease)))?;
-            let mut splitter = wire::ObjectSplitter::default();
-            let first = splitter.push(&reply.body).into_iter().next();
-            let parsed = first.map(|o| serde_json::from_slice::<Value>(&o));
-            match parsed {
-                Some(Ok(v)) if reply.status == 200 => v,
-                Some(Ok(v)) => {
-                    let reason = format!("HTTP {}: {}", reply.status, wire::error_message(&v));
-                    return Err(name_error(CallError::Server(reason), OP, &key, Some(lease)));
-                }
-                _ => {
-                    let reason = format!(
-                        "HTTP {}: unreadable answer '{}'",
-                        reply.status,
-                        reply.text()
-                    );
-                    return Err(name_error(CallError::Decode(reason), OP, &key, Some(lease)));
-                }
-            }
-        };
-        let message: wire::StreamMessage<wire::LeaseResponse> = serde_json::from_value(messages)
-            .map_err(|e| name_error(CallError::Decode(e.to_string()), OP, &key, Some(lease)))?;
-        if let Some(error) = message.error {
-            let reason = wire::error_message(&error);
-            return Err(name_error(CallError::Server(reason), OP, &key, Some(lease)));
-        }
-        match message.result {
-            Some(r) if r.TTL > 0 => Ok(()),
-            _ => Err(KvstoreError::LeaseNotFound { op: OP, lease }),
-        }
+        let body = wire::lease_id(lease.0).to_string();
+        let reply = self
+            .inner
+            .http
+            .send(
+                "POST",
+                "/v3/lease/keepalive",
+                Some(body.as_bytes()),
+                None,
+                &[],
+            )
+            .map_err(|e| name_error(CallError::Transport(e), OP, &key, Some(lease)))?;
+        kept_alive(OP, &key, lease, &reply)
     }
 
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvstoreError> {

@@ -28,8 +28,12 @@ mod resync;
 #[cfg(test)]
 mod tests;
 
+#[doc(hidden)]
+pub use consul::fuzz_decode as fuzz_decode_consul;
 pub use consul::Consul;
 pub use embedded::{Embedded, FILE_NAME};
+#[doc(hidden)]
+pub use etcd::fuzz_decode as fuzz_decode_etcd;
 pub use etcd::{Etcd, EtcdConfig};
 pub use http::REQUEST_TIMEOUT;
 pub use options::connect;
@@ -88,6 +92,23 @@ pub trait Kvstore: Send + Sync + fmt::Debug {
     /// Ends the lease now, deleting every key attached to it. Revoking a lease that already
     /// ended is not an error.
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvstoreError>;
+}
+
+/// Fuzzing only: what [`fuzz_decode_etcd`] and [`fuzz_decode_consul`] made of a server's
+/// answer.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FuzzDecoded {
+    /// What `list_prefix` returns for the answer.
+    pub listing: Result<Vec<(String, Entry)>, KvstoreError>,
+    /// What `get` returns for the answer.
+    pub get: Result<Option<Entry>, KvstoreError>,
+    /// The events a watch forwards for the answer.
+    pub events: Vec<WatchEvent>,
+    /// etcd: the messages of the answer read as a watch stream, whole and one byte at a
+    /// time (empty for consul).
+    pub stream_objects: Vec<Vec<u8>>,
+    pub stream_objects_bytewise: Vec<Vec<u8>>,
 }
 
 /// A stored value and the store revision of its last modification.

@@ -469,6 +469,40 @@ fn watch_messages_become_events_and_track_the_revision() {
 }
 
 #[test]
+fn a_watch_resumes_after_the_largest_revision_without_overflow() {
+    // Found by fuzz/fuzz_targets/kvstore_records.rs: a server answering with revision
+    // u64::MAX made the next stream's start revision overflow.
+    let inner = offline_inner();
+    let (sender, _watch) = crate::kvstore::watch_channel();
+    let state = WatchState {
+        prefix: "p/".into(),
+        last_revision: 10,
+        known: KnownKeys::default(),
+    };
+    let mut watcher = Watcher::new(&inner, &sender, state);
+    let max = u64::MAX.to_string();
+    let mut handle = |v: serde_json::Value| watcher.handle(v.to_string().as_bytes());
+    assert_eq!(
+        handle(json!({"result": {"header": {"revision": max}}})),
+        None
+    );
+    assert!(matches!(
+        handle(json!({"result": {"canceled": true}})),
+        Some(Outcome::Lost(_))
+    ));
+    assert_eq!(watcher.next_revision(), u64::MAX);
+    assert_eq!(
+        wire::watch_create("p/", watcher.next_revision())["create_request"]["start_revision"],
+        json!(max)
+    );
+    // Likewise from an event's modification revision.
+    watcher.state.last_revision = 10;
+    let event = json!({"result": {"events": [{"kv": {"key": "cC9h", "mod_revision": max}}]}});
+    assert_eq!(watcher.handle(event.to_string().as_bytes()), None);
+    assert_eq!(watcher.next_revision(), u64::MAX);
+}
+
+#[test]
 fn a_dropped_watch_ends_its_thread() {
     // The server is unreachable: the thread retries with backoff until the watch is dropped.
     let inner = Arc::new(offline_inner());

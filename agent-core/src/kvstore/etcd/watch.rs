@@ -86,7 +86,7 @@ impl<'a> Watcher<'a> {
                 tracing::warn!(
                     prefix = %self.state.prefix,
                     "kvstore etcd: watch interrupted ({reason}); resuming from revision {}",
-                    self.state.last_revision + 1
+                    self.next_revision()
                 );
                 self.failing = true;
             }
@@ -97,10 +97,15 @@ impl<'a> Watcher<'a> {
         }
     }
 
+    /// The revision the next stream starts from: the one after the last one seen (the
+    /// server's revisions are not trusted to leave room for it).
+    pub fn next_revision(&self) -> u64 {
+        self.state.last_revision.saturating_add(1)
+    }
+
     /// One watch stream, from the revision after the last one seen.
     fn stream(&mut self) -> Outcome {
-        let request =
-            wire::watch_create(&self.state.prefix, self.state.last_revision + 1).to_string();
+        let request = wire::watch_create(&self.state.prefix, self.next_revision()).to_string();
         let mut stream = match self.inner.http.open_stream("/v3/watch", request.as_bytes()) {
             Ok(stream) => stream,
             Err(e) => return Outcome::Lost(e.to_string()),
@@ -162,7 +167,7 @@ impl<'a> Watcher<'a> {
                 tracing::info!(
                     prefix = %self.state.prefix,
                     "kvstore etcd: watch resumed from revision {}",
-                    self.state.last_revision + 1
+                    self.next_revision()
                 );
                 self.failing = false;
             }
