@@ -1,9 +1,9 @@
 #!/bin/sh
-# The Docker getting-started guide (cilium docs 2017, section 2.2) end to end, steps 4 to 8:
+# The Docker getting-started guide (cilium docs 2017, section 2.2) end to end, steps 4 to 9:
 # a Docker network of the cilium driver, app1 (an HTTP server labelled id=app1), then an
 # L3/L4 policy letting only id=app2 reach app1 on TCP port 80, checked with curl from app2
-# (must work) and app3 (must time out). Step 9 (the L7 policy) is printed, not run: it needs
-# the L7 proxy, which is not built yet (see README.md).
+# (must work) and app3 (must time out). Step 9: the L7 policy, app2 may only GET /public (the
+# agent's proxy answers /private with 403 Access denied).
 #
 # Needs cilium-agent and cilium-docker running, and the images of ./build-images.sh.
 #
@@ -165,16 +165,23 @@ client "$app3" "id=app3" -s -m 5 "http://$app1/public"
 [ "$rc" -eq 28 ] || fail "app3 -> app1: expected curl's timeout (exit 28), got exit $rc"
 echo "(no reply: the packets were dropped by the policy; curl exit 28, timeout)"
 
-step "Step 9: Apply and Test an L7 Policy with Cilium (not run)"
-cat <<EOF
-The L7 part of the guide needs Cilium's HTTP proxy, which is not built yet, so this script
-stops here. Once it is, these are the commands (README.md has them too):
-
-  $CILIUM policy delete --all
-  $CILIUM policy import $HERE/l7_aware_policy.json
-  $DOCKER run --rm --net $NET -l id=app2 $CLIENT_IMAGE curl -si http://$app1/public    # allowed
-  $DOCKER run --rm --net $NET -l id=app2 $CLIENT_IMAGE curl -si http://$app1/private   # Access denied
-EOF
+step "Step 9: Apply and Test an L7 Policy with Cilium"
+cat "$HERE/l7_aware_policy.json"
+show "$CILIUM" policy delete --all || fail "cilium policy delete --all failed"
+imported_policy=l7_aware_policy.json
+show "$CILIUM" policy import "$HERE/l7_aware_policy.json" || fail "cilium policy import failed"
+"$CILIUM" policy wait --max-wait-time 30 >/dev/null || fail "endpoints did not pick up the policy within 30 s"
+echo "# app2 may GET /public: the agent's proxy checks every request"
+client "$app2" "id=app2" -si -m 20 "http://$app1/public"
+[ "$rc" -eq 0 ] || fail "app2 -> app1/public failed under the L7 policy, which allows it (exit $rc)"
+case "$out" in *"200 OK"*"this is public"*) ;; *) fail "app2 -> app1/public: expected 200 and the public page" ;; esac
+echo "# ... but not /private:"
+client "$app2" "id=app2" -si -m 20 "http://$app1/private"
+[ "$rc" -eq 0 ] || fail "app2 -> app1/private: no answer from the proxy (exit $rc)"
+case "$out" in *"403 Forbidden"*"Access denied"*) ;; *) fail "app2 -> app1/private: expected 403 Access denied" ;; esac
+echo "# app3 is still dropped at L3:"
+client "$app3" "id=app3" -s -m 5 "http://$app1/public"
+[ "$rc" -eq 28 ] || fail "app3 -> app1: expected curl's timeout (exit 28), got exit $rc"
 
 echo
 echo "walkthrough.sh: all steps gave the expected results"

@@ -637,6 +637,8 @@ fn getting_started_docker_example_runs() {
     let out = run("walkthrough.sh");
     assert!(out.contains("container:id=app1"), "{out}");
     assert!(out.contains("this is public"), "{out}");
+    // Step 9, the L7 policy: the proxy denies /private.
+    assert!(out.contains("Access denied"), "{out}");
     assert!(
         s.endpoints().is_empty(),
         "the walkthrough cleans up after itself"
