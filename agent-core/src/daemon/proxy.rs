@@ -30,8 +30,10 @@ pub(super) struct AgentProxy {
     policy: Arc<ProxyRules>,
     /// Where the monitor gets the access records, once the agent runs.
     monitor: Arc<OnceLock<Arc<crate::datapath::Datapath>>>,
-    /// Why the proxy cannot be in the path (no policy routing, a listener that failed).
-    failure: Mutex<Option<String>>,
+    /// Why nothing reaches the proxy: its policy routing could not be set up (at start).
+    routing: Option<String>,
+    /// The last listener that could not be opened, until one opens again.
+    listener_error: Mutex<Option<String>>,
     /// Kept for its drop, after the proxy's: stops the proxy's thread.
     _runtime: ProxyRuntime,
 }
@@ -119,14 +121,18 @@ impl AgentProxy {
             Arc::clone(&policy) as Arc<dyn ProxyPolicy>,
             log,
         );
-        let failure = crate::link::proxy_route::ensure_proxy_routing()
+        let routing = crate::link::proxy_route::ensure_proxy_routing()
             .err()
             .map(|e| format!("no policy routing for the proxy: {e}"));
+        if let Some(reason) = &routing {
+            tracing::warn!("{reason}: connections under HTTP rules are dropped");
+        }
         Ok(AgentProxy {
             proxy,
             policy,
             monitor,
-            failure: Mutex::new(failure),
+            routing,
+            listener_error: Mutex::new(None),
             _runtime: runtime,
         })
     }
@@ -134,15 +140,18 @@ impl AgentProxy {
     /// The proxy port of destination port `dport`; 0 when the proxy cannot take it, which
     /// the datapath answers with a drop (161).
     pub(super) fn port_for(&self, dport: u16) -> u16 {
-        if lock(&self.failure).is_some() && self.proxy.ports().is_empty() {
+        if self.routing.is_some() {
             // Without policy routing nothing reaches the listeners.
             return 0;
         }
         match self.proxy.add_port(dport) {
-            Ok(port) => port,
+            Ok(port) => {
+                *lock(&self.listener_error) = None;
+                port
+            }
             Err(e) => {
                 tracing::warn!(dport, "no L7 proxy listener: {e}");
-                *lock(&self.failure) = Some(e.to_string());
+                *lock(&self.listener_error) = Some(e.to_string());
                 0
             }
         }
@@ -161,8 +170,12 @@ impl AgentProxy {
     pub(super) fn status(&self) -> Status {
         let ports = self.proxy.ports();
         let stats = self.proxy.stats();
-        match lock(&self.failure).as_ref() {
-            Some(reason) => Status::new(StatusState::Failure, reason.clone()),
+        let failure = self
+            .routing
+            .clone()
+            .or_else(|| lock(&self.listener_error).clone());
+        match failure {
+            Some(reason) => Status::new(StatusState::Failure, reason),
             None => Status::new(
                 StatusState::Ok,
                 format!(
