@@ -213,6 +213,26 @@ impl Etcd {
         }
     }
 
+    /// The keys under `prefix` and their values, read from the server's namespace.
+    pub fn list(&self, prefix: &'static str) -> Vec<(String, Vec<u8>)> {
+        let opts = self.kvstore_opts();
+        let state = self.dir.path().join("state");
+        let read = move || {
+            let client = kvstore::connect("etcd", &opts, &state)
+                .unwrap_or_else(|e| panic!("connect to etcd: {e}"));
+            client
+                .list_prefix(prefix)
+                .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+                .into_iter()
+                .map(|(k, e)| (k, e.value))
+                .collect()
+        };
+        match &self.netns {
+            Some(netns) => crate::traffic::in_netns(netns, read),
+            None => read(),
+        }
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         text(&std::fs::read(self.log_file()).unwrap_or_default())

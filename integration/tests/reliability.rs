@@ -360,8 +360,10 @@ const WORKERS: usize = 12;
 /// Runs `each(i, container)` for every container, `WORKERS` at a time, while the killer
 /// SIGKILLs the agent `kills` times at random points of the phase and restarts it; returns
 /// the kills made.
+#[allow(clippy::too_many_arguments)]
 fn run_under_kills(
     node: &mut Node,
+    restart: &AgentOptions,
     rng: &mut Rng,
     kills: usize,
     containers: &[Netns],
@@ -372,10 +374,21 @@ fn run_under_kills(
     let busy = AtomicBool::new(true);
     let next = AtomicUsize::new(0);
     let agent = &mut node.agent;
-    let (dir, netns) = (node.dir.path(), node.netns.name.as_str());
+    let dir = node.dir.path();
     std::thread::scope(|s| {
-        let killer =
-            s.spawn(|| killer(agent, (dir, netns), rng, kills, &next, &busy, abort, phase));
+        let killer = s.spawn(|| {
+            let progress = (&next, containers.len());
+            killer(
+                agent,
+                (dir, restart),
+                rng,
+                kills,
+                progress,
+                &busy,
+                abort,
+                phase,
+            )
+        });
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
                 s.spawn(|| loop {
@@ -395,8 +408,8 @@ fn run_under_kills(
     })
 }
 
-/// Kills the agent with SIGKILL `kills` times while a phase of `N` operations runs, and
-/// restarts it each time on the same socket, state and bpffs. The kills are spread over the
+/// Kills the agent with SIGKILL `kills` times while a phase of `total` operations runs, and
+/// restarts it each time on the same socket, state and bpffs, with the `restart` options. The kills are spread over the
 /// phase: the k-th comes once a random share of the operations (within the k-th of `kills`
 /// slices of 10–90 %) has started, after a further random 0–60 ms, so that requests are cut
 /// at any stage. Returns how many kills happened; the agent is up when this returns. When
@@ -404,10 +417,10 @@ fn run_under_kills(
 #[allow(clippy::too_many_arguments)]
 fn killer(
     agent: &mut Agent,
-    node: (&Path, &str),
+    node: (&Path, &AgentOptions),
     schedule: &mut Rng,
     kills: usize,
-    started: &AtomicUsize,
+    (started, total): (&AtomicUsize, usize),
     busy: &AtomicBool,
     abort: &AtomicBool,
     phase: &str,
@@ -422,13 +435,13 @@ fn killer(
         }
     }
     let _abort = OnPanic(abort);
-    let (dir, netns) = node;
+    let (dir, restart) = node;
     let begin = Instant::now();
     let mut done = 0;
     for k in 0..kills {
         let lo = 10 + 80 * k / kills;
         let hi = 10 + 80 * (k + 1) / kills - 1;
-        let at = N * schedule.between(lo as u64, hi as u64) as usize / 100;
+        let at = total * schedule.between(lo as u64, hi as u64) as usize / 100;
         let jitter = Duration::from_millis(schedule.between(0, 60));
         while started.load(Ordering::Relaxed) < at && busy.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
@@ -437,19 +450,13 @@ fn killer(
         if !busy.load(Ordering::Relaxed) {
             break;
         }
-        let progress = started.load(Ordering::Relaxed).min(N);
+        let progress = started.load(Ordering::Relaxed).min(total);
         agent.stop_with(Signal::SIGKILL);
         let down = Instant::now();
-        *agent = Agent::start(
-            dir,
-            &AgentOptions {
-                netns: Some(netns.to_string()),
-                ..Default::default()
-            },
-        );
+        *agent = Agent::start(dir, restart);
         done += 1;
         eprintln!(
-            "{phase}: killed the agent at {:?} ({progress} of {N} started), up again after {:?}",
+            "{phase}: killed the agent at {:?} ({progress} of {total} started), up again after {:?}",
             down - begin,
             down.elapsed()
         );
@@ -557,6 +564,10 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     eprintln!("kill schedule seed {seed} (replay with RELIABILITY_SEED={seed})");
     let mut rng = Rng(seed);
     let mut node = Node::start("rlk");
+    let restart = AgentOptions {
+        netns: Some(node.netns.name.clone()),
+        ..Default::default()
+    };
     let containers: Vec<Netns> = (0..N).map(|_| Netns::new("rlkc")).collect();
     let conf = node.config(Some("1.0.0"));
     let abort = AtomicBool::new(false);
@@ -566,6 +577,7 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     let outcomes: Vec<Mutex<Option<Added>>> = (0..N).map(|_| Mutex::new(None)).collect();
     let killed = run_under_kills(
         &mut node,
+        &restart,
         &mut rng,
         kills,
         &containers,
@@ -723,6 +735,7 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     let del_failures = Mutex::new(BTreeMap::new());
     let killed = run_under_kills(
         &mut node,
+        &restart,
         &mut rng,
         kills,
         &containers,
@@ -830,4 +843,129 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
         failed_dels.join("\n")
     );
     assert_nothing_left(&node, &containers, &granted);
+}
+
+/// The addresses node `name` publishes in the cluster (`cilium/state/ip/v1/<ip>` records).
+fn published(etcd: &integration::etcd::Etcd, name: &str) -> BTreeSet<IpAddr> {
+    etcd.list("cilium/state/ip/v1/")
+        .into_iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<Value>(&value).ok())
+        .filter(|record| record["node"] == name)
+        .filter_map(|record| record["ip"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// Waits (up to 20 s) until node `name` publishes exactly `want`.
+fn wait_published(etcd: &integration::etcd::Etcd, name: &str, want: &BTreeSet<IpAddr>, when: &str) {
+    let mut last = BTreeSet::new();
+    let exact = integration::cluster::eventually(Duration::from_secs(20), || {
+        last = published(etcd, name);
+        last == *want
+    });
+    assert!(
+        exact,
+        "{when}: the cluster records of {name} differ from its endpoints: published but gone {:?}, missing {:?}",
+        last.difference(want).collect::<Vec<_>>(),
+        want.difference(&last).collect::<Vec<_>>()
+    );
+}
+
+/// A cluster node's records in the kvstore stay exact through crashes: SIGKILL during
+/// parallel ADDs and then DELs, the agent restarted each time (resuming its lease); afterwards
+/// the addresses it publishes are exactly its endpoints' (none lost, none stale), and none at
+/// all once everything is deleted.
+#[test]
+fn sigkill_during_adds_and_dels_keeps_the_cluster_records_exact() {
+    if !require_root("sigkill_during_adds_and_dels_keeps_the_cluster_records_exact") {
+        return;
+    }
+    const CONTAINERS: usize = 40;
+    let seed = seed();
+    eprintln!("kill schedule seed {seed} (replay with RELIABILITY_SEED={seed})");
+    let mut rng = Rng(seed);
+    let underlay = integration::cluster::Underlay::new("rlu", 67);
+    let etcd = underlay.etcd();
+    let spec = integration::cluster::NodeSpec::new(1, "vxlan");
+    let mut node = integration::cluster::start_node("rlcn", &underlay, &etcd, &spec);
+    let restart = integration::cluster::node_options(&node.netns, &underlay, &etcd, &spec);
+    let containers: Vec<Netns> = (0..CONTAINERS).map(|_| Netns::new("rlcc")).collect();
+    let conf = node.config(Some("1.0.0"));
+    let abort = AtomicBool::new(false);
+
+    let kills = rng.between(2, 3) as usize;
+    let killed = run_under_kills(
+        &mut node,
+        &restart,
+        &mut rng,
+        kills,
+        &containers,
+        &abort,
+        "cluster ADD",
+        |_, c| {
+            run_retrying(&conf, &invocation("ADD", c), &abort);
+        },
+    );
+    assert!(killed > 0, "the ADD phase ended before the first kill");
+    let addresses: BTreeSet<IpAddr> = endpoints(&node.agent)
+        .iter()
+        .flat_map(|e| [e.addressing.ipv4, e.addressing.ipv6])
+        .flatten()
+        .collect();
+    eprintln!(
+        "cluster ADD phase: {killed} kills, {} endpoints",
+        addresses.len() / 2
+    );
+    assert!(!addresses.is_empty(), "no ADD succeeded");
+    wait_published(&etcd, "node1", &addresses, "after the ADDs");
+
+    // SIGKILL right after DELs return, before the agent may have withdrawn their records:
+    // the restarted agent (same lease) withdraws what it no longer has.
+    let added: Vec<&Netns> = containers
+        .iter()
+        .filter(|c| {
+            node.agent
+                .http("GET", &format!("/endpoint/container-id:{}", c.name), None)
+                .0
+                == 200
+        })
+        .take(3)
+        .collect();
+    for c in &added {
+        let run = run_retrying(&conf, &invocation("DEL", c), &abort);
+        assert_eq!(run.code, 0, "DEL {}: {}", c.name, run.stdout);
+    }
+    node.agent.stop_with(Signal::SIGKILL);
+    node.agent = Agent::start(node.dir.path(), &restart);
+    let addresses: BTreeSet<IpAddr> = endpoints(&node.agent)
+        .iter()
+        .flat_map(|e| [e.addressing.ipv4, e.addressing.ipv6])
+        .flatten()
+        .collect();
+    wait_published(&etcd, "node1", &addresses, "after DELs cut short by a kill");
+
+    let killed = run_under_kills(
+        &mut node,
+        &restart,
+        &mut rng,
+        1,
+        &containers,
+        &abort,
+        "cluster DEL",
+        |_, c| {
+            // Cut off or not, every DEL is run again below.
+            run_retrying(&conf, &invocation("DEL", c), &abort);
+        },
+    );
+    eprintln!("cluster DEL phase: {killed} kills");
+    // DEL of everything once more, the agent up: all of it succeeds.
+    for c in &containers {
+        let run = run_retrying(&conf, &invocation("DEL", c), &abort);
+        assert_eq!(
+            run.code, 0,
+            "DEL {} after the kills: {}",
+            c.name, run.stdout
+        );
+    }
+    assert!(endpoints(&node.agent).is_empty());
+    wait_published(&etcd, "node1", &BTreeSet::new(), "after the DELs");
 }

@@ -524,6 +524,11 @@ fn cluster_loop(agent: Weak<Agent>, queue: Receiver<Work>) {
     let mut wanted: BTreeMap<IpAddr, u32> = BTreeMap::new();
     let mut next_resync = Instant::now() + RESYNC_INTERVAL;
     if let Some(a) = agent.upgrade() {
+        // After a resumed lease the previous run's records are still there: what the agent
+        // no longer has is withdrawn on the first round.
+        if let Some(registry) = a.cluster.registry() {
+            published = registry.published_endpoints();
+        }
         a.sync_nodes();
         a.sync_cluster_identities(Vec::new());
     }
