@@ -845,6 +845,15 @@ fn sigkill_during_parallel_adds_and_dels_leaves_nothing_behind() {
     assert_nothing_left(&node, &containers, &granted);
 }
 
+/// Every address of the agent's endpoints.
+fn endpoint_addresses(agent: &Agent) -> BTreeSet<IpAddr> {
+    endpoints(agent)
+        .iter()
+        .flat_map(|e| [e.addressing.ipv4, e.addressing.ipv6])
+        .flatten()
+        .collect()
+}
+
 /// The addresses node `name` publishes in the cluster (`cilium/state/ip/v1/<ip>` records).
 fn published(etcd: &integration::etcd::Etcd, name: &str) -> BTreeSet<IpAddr> {
     etcd.list("cilium/state/ip/v1/")
@@ -906,11 +915,7 @@ fn sigkill_during_adds_and_dels_keeps_the_cluster_records_exact() {
         },
     );
     assert!(killed > 0, "the ADD phase ended before the first kill");
-    let addresses: BTreeSet<IpAddr> = endpoints(&node.agent)
-        .iter()
-        .flat_map(|e| [e.addressing.ipv4, e.addressing.ipv6])
-        .flatten()
-        .collect();
+    let addresses = endpoint_addresses(&node.agent);
     eprintln!(
         "cluster ADD phase: {killed} kills, {} endpoints",
         addresses.len() / 2
@@ -936,11 +941,7 @@ fn sigkill_during_adds_and_dels_keeps_the_cluster_records_exact() {
     }
     node.agent.stop_with(Signal::SIGKILL);
     node.agent = Agent::start(node.dir.path(), &restart);
-    let addresses: BTreeSet<IpAddr> = endpoints(&node.agent)
-        .iter()
-        .flat_map(|e| [e.addressing.ipv4, e.addressing.ipv6])
-        .flatten()
-        .collect();
+    let addresses = endpoint_addresses(&node.agent);
     wait_published(&etcd, "node1", &addresses, "after DELs cut short by a kill");
 
     let killed = run_under_kills(
