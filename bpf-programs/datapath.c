@@ -412,6 +412,11 @@ static __always_inline int to_lxc_ip(struct __sk_buff *skb, struct ev_ctx *c, in
 		}
 		if (ct == CT_NEW && ct_create(fam, &p, CT_INGRESS, len, now, remote, 0, steer) < 0)
 			return drop(skb, c, DROP_CT_CREATE_FAILED);
+		/* The proxy's connection onward: the server's socket may skip the stack once
+		 * established (sockmap.h). */
+		if (ct == CT_NEW && proxy_id > 0 && p.proto == IPPROTO_TCP &&
+		    (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			sockmap_note(fam, &p.daddr, p.dport, &p.saddr, p.sport);
 	}
 	/* A connection keeps the path it started on: rule changes apply to new ones. */
 	if (ct == CT_ESTABLISHED)

@@ -11,6 +11,7 @@
 
 #include "maps.h"
 #include "events.h"
+#include "sockmap.h"
 
 #define PROXY_LOOPBACK4 0x7f000001 /* the proxy listens on 127.0.0.1 and ::1 */
 
@@ -88,6 +89,9 @@ static __always_inline int proxy_steer(struct __sk_buff *skb, struct ev_ctx *c, 
 	if (ret)
 		return drop(skb, c, DROP_PROXY_UNAVAILABLE);
 	skb->mark = MARK_MAGIC_TO_PROXY;
+	/* The client's socket may skip the stack once established (sockmap.h). */
+	if ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		sockmap_note(fam, &p->saddr, p->sport, &p->daddr, p->dport);
 	if (c->debug)
 		emit_event(skb, c, EVENT_TRACE << 8 | TRACE_TO_PROXY, bpf_ntohs(proxy_port), 0);
 	count_forward(skb, c);

@@ -261,10 +261,19 @@ impl Agent {
 
     /// `Proxy:` of `cilium status`.
     pub(super) fn proxy_status(&self) -> Status {
-        match &self.proxy {
-            Some(p) => p.status(),
-            None => Status::new(StatusState::Disabled, "no L7 proxy (no datapath)"),
+        let Some(p) = &self.proxy else {
+            return Status::new(StatusState::Disabled, "no L7 proxy (no datapath)");
+        };
+        let mut status = p.status();
+        if status.state == StatusState::Ok {
+            if let Some(dp) = &self.datapath {
+                match dp.proxy_sockets() {
+                    Ok(n) => status.msg.push_str(&format!("; {n} sockets skip the stack")),
+                    Err(e) => status.msg.push_str(&format!("; through the stack only ({e})")),
+                }
+            }
         }
+        status
     }
 
     /// The identity of an address as the datapath sees it: a local endpoint's, another

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod maps;
 pub mod monitor;
 pub mod sock;
+pub mod sockmap;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub struct Datapath {
     lb: Mutex<lb::LbMaps>,
     /// Why the node's own processes do not get services, if they do not.
     socket_lb: Result<PathBuf, String>,
+    /// The proxy's connections without the stack, or why not.
+    proxy_sockets: Result<sockmap::ProxySockets, String>,
     /// The node's own addresses (the `host` identity), re-read by the agent's upkeep.
     host_addresses: Mutex<Vec<std::net::IpAddr>>,
     events: broadcast::Sender<Arc<MonitorEvent>>,
@@ -93,6 +96,10 @@ impl Datapath {
             ),
             Err(e) => tracing::warn!("services are not translated for the node's processes: {e}"),
         }
+        let proxy_sockets = sockmap::attach(&mut ebpf);
+        if let Err(e) = &proxy_sockets {
+            tracing::warn!("the L7 proxy's connections go through the TCP/IP stack: {e}");
+        }
         let ring =
             RingBuf::try_from(loader::take_map(&mut ebpf, "cilium_events")?).map_err(|e| {
                 DatapathError::Map {
@@ -110,6 +117,7 @@ impl Datapath {
             maps: Mutex::new(maps),
             lb: Mutex::new(lb),
             socket_lb,
+            proxy_sockets,
             host_addresses: Mutex::new(Vec::new()),
             events,
             events_lost,
@@ -128,6 +136,14 @@ impl Datapath {
     /// Why the node's own processes do not get services (`None`: they do).
     pub fn socket_lb_error(&self) -> Option<&str> {
         self.socket_lb.as_ref().err().map(String::as_str)
+    }
+
+    /// How many sockets of proxied connections skip the stack now; Err: why none can.
+    pub fn proxy_sockets(&self) -> Result<usize, &str> {
+        match &self.proxy_sockets {
+            Ok(sockets) => Ok(sockets.count()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The load-balancing maps.

@@ -92,7 +92,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// The cgroup v2 root: the existing mount, or one made at `/run/cilium/cgroupv2`.
-fn cgroup2_root() -> Result<PathBuf, String> {
+pub(super) fn cgroup2_root() -> Result<PathBuf, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     if let Some(path) = cgroup2_mount(&mountinfo) {

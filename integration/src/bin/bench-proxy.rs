@@ -221,6 +221,13 @@ fn main() {
         .expect("router address on cilium_host");
     let nginx_url = format!("http://{router}:8080/public");
 
+    if let Ok(mode) = std::env::var("BENCH_PROXY_HOLD") {
+        import(&node, &policy(mode == "l7"));
+        println!("HOLD {} agent pid {:?}", url, node.agent.pid());
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).ok();
+        return;
+    }
     let (mut direct, mut proxied, mut nginx) = (Runs::default(), Runs::default(), Runs::default());
     for _ in 0..ROUNDS {
         import(&node, &policy(false));
