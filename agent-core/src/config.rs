@@ -140,6 +140,12 @@ pub struct AgentArgs {
     #[arg(long, env = "CILIUM_MASQUERADE", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = switch)]
     pub masquerade: Option<bool>,
+    /// Let the L7 proxy's connections with local endpoints skip the TCP/IP stack (sockmap);
+    /// see docs/l7-proxy.md for the kernel behaviour that keeps it off by default
+    /// [default: false]
+    #[arg(long, env = "CILIUM_PROXY_SOCKMAP", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = switch)]
+    pub proxy_sockmap: Option<bool>,
     /// Append one JSON record per HTTP request the L7 proxy handles to this file
     /// [default: none]
     #[arg(long, env = "CILIUM_ACCESS_LOG", value_name = "PATH")]
@@ -182,6 +188,7 @@ const FILE_KEYS: &[&str] = &[
     "tunnel",
     "device",
     "masquerade",
+    "proxy-sockmap",
     "access-log",
     "bpf-root",
     "docker",
@@ -219,6 +226,8 @@ pub struct AgentConfig {
     pub device: Option<String>,
     /// `--masquerade`.
     pub masquerade: bool,
+    /// `--proxy-sockmap`.
+    pub proxy_sockmap: bool,
     /// `--access-log`: where the L7 proxy writes its records.
     pub access_log: Option<PathBuf>,
     /// The BPF filesystem of the datapath; `None` runs the agent without a datapath (only
@@ -292,6 +301,7 @@ impl AgentConfig {
             tunnel: TunnelMode::Vxlan,
             device: None,
             masquerade: true,
+            proxy_sockmap: false,
             access_log: None,
             bpf_root: None,
             docker: None,
@@ -474,6 +484,7 @@ impl AgentArgs {
             tunnel,
             device,
             masquerade: boolean(self.masquerade, "masquerade", true)?,
+            proxy_sockmap: boolean(self.proxy_sockmap, "proxy-sockmap", false)?,
             access_log: access_log(
                 self.access_log
                     .or_else(|| file.get("access-log").map(PathBuf::from)),

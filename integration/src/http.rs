@@ -2,6 +2,11 @@
 //! proxy's tests and benchmark: the server answers `GET <path>` with the body `<path>\n`
 //! and any request with a body with `received <n> bytes\n` (Content-Length or chunked),
 //! keep-alive; the client sends requests on one connection and reads whole responses.
+//!
+//! For streams that must arrive whole and in order: `GET /lines/<n>` answers with
+//! [`numbered_lines`]`(n)`, written in 64 KiB pieces, and a request with a body to
+//! `/slow/<ms>` is read only after `<ms>` milliseconds, then answered with
+//! `received <n> bytes, numbered lines: <true|false>\n`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -76,16 +81,31 @@ fn serve(conn: TcpStream, requests: &AtomicU64) {
         let (Some(_method), Some(path)) = (parts.next(), parts.next()) else {
             return;
         };
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let body = match read_body(&mut reader, &head) {
             Ok(b) => b,
             Err(_) => return,
         };
+        requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = path.strip_prefix("/lines/").and_then(|n| n.parse().ok()) {
+            if send_lines(&mut out, n).is_err() {
+                return;
+            }
+            continue;
+        }
         let reply = if body.is_empty() && head.length.is_none() && !head.chunked {
             format!("{path}\n")
+        } else if path.starts_with("/slow/") {
+            format!(
+                "received {} bytes, numbered lines: {}\n",
+                body.len(),
+                body == numbered_lines(body.len())
+            )
         } else {
             format!("received {} bytes\n", body.len())
         };
-        requests.fetch_add(1, Ordering::Relaxed);
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{reply}",
             reply.len()
@@ -94,6 +114,29 @@ fn serve(conn: TcpStream, requests: &AtomicU64) {
             return;
         }
     }
+}
+
+/// `n` bytes of 16-byte lines numbered from 0 (`000000000000000\n`, `000000000000001\n`,
+/// …), the last one cut short: a stream whose every byte says where it belongs.
+pub fn numbered_lines(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 16);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("{i:015}\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// A 200 with [`numbered_lines`]`(n)` as its body, in 64 KiB writes.
+fn send_lines(out: &mut TcpStream, n: usize) -> io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n");
+    out.write_all(head.as_bytes())?;
+    for piece in numbered_lines(n).chunks(64 << 10) {
+        out.write_all(piece)?;
+    }
+    Ok(())
 }
 
 /// A request or response head: its first line and the headers that frame the body.

@@ -322,3 +322,164 @@ fn egress_http_rule_of_the_client() {
         (403, "Access denied\n")
     );
 }
+
+/// Allows app2 `GET /public`, `GET /lines/…` and `POST /slow/…` on app1.
+const STREAM_POLICY: &str = r#"[{
+  "endpointSelector": {"matchLabels":{"id":"app1"}},
+  "ingress": [{
+    "fromEndpoints": [{"matchLabels":{"id":"app2"}}],
+    "toPorts": [{
+      "ports": [{"port": "80", "protocol": "tcp"}],
+      "rules": {"HTTP": [
+        {"method": "GET", "path": "/public(\\?.*)?"},
+        {"method": "GET", "path": "/lines/[0-9]+"},
+        {"method": "POST", "path": "/slow/[0-9]+"}
+      ]}
+    }]
+  }],
+  "labels": ["unspec:guide=l7-stream"]
+}]"#;
+
+/// The `N` of `N sockets skip the stack` on the `Proxy:` line of `cilium status`.
+fn sockets_skipping_the_stack(agent: &Agent) -> usize {
+    let status = agent.cli(&["status"]).ok();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Proxy:"))
+        .unwrap_or_else(|| panic!("no Proxy line in {status}"));
+    line.split("; ")
+        .find_map(|part| part.strip_suffix(" sockets skip the stack"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the proxy's sockets go through the stack: {line}"))
+}
+
+/// The bytes queued for reading (`skmem` `r`) on the sockets of `netns` with remote or local
+/// port 80, the largest.
+fn largest_receive_queue(netns: &Netns) -> u64 {
+    let out = netns.exec_ok(&["ss", "-tmnH", "( sport = :80 or dport = :80 )"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split("skmem:(")
+        .skip(1)
+        .filter_map(|m| m.strip_prefix('r'))
+        .filter_map(|m| m.split(',').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// With `--proxy-sockmap`, the proxied connection between two local endpoints skips the
+/// TCP/IP stack (the agent counts its sockets), and what it carries still arrives whole and in order, keep-alive
+/// and pipelined, while a slow reader holds no more than about a receive buffer: a 32 MiB
+/// response to a client that does not read, a 16 MiB upload to a server that does not read.
+#[test]
+fn proxied_streams_skip_the_stack_whole_in_order_and_flow_controlled() {
+    if !require_root("proxied_streams_skip_the_stack_whole_in_order_and_flow_controlled") {
+        return;
+    }
+    const BIG: usize = 32 << 20;
+    const UPLOAD: usize = 16 << 20;
+    // A slow reader may hold its receive buffer (at most tcp_rmem's 6 MiB) and a message.
+    const BOUND: u64 = 8 << 20;
+    let node = Node::start_in(Netns::new("l7s"), &["--proxy-sockmap"]);
+    let c1 = Netns::new("l7sa");
+    let c2 = Netns::new("l7sb");
+    let e1 = node.add_labeled(&c1, &[("id", "app1")]);
+    node.add_labeled(&c2, &[("id", "app2")]);
+    let _server = HttpServer::start(&c1.name, ANY80);
+    let to_app1 = SocketAddr::new(v4(&e1), 80);
+    import(&node.agent, node.dir.path(), STREAM_POLICY);
+
+    let mut c = client(&c2, to_app1);
+    let first = c.request("GET", "/public", &[], None).expect("GET /public");
+    assert_eq!(first.status, 200);
+    // Client, proxy (both sides) and server.
+    assert_eq!(sockets_skipping_the_stack(&node.agent), 4);
+
+    // Keep-alive: 200 requests, each answered with its own path.
+    for i in 0..200 {
+        let path = format!("/public?i={i}");
+        let r = c.request("GET", &path, &[], None).expect("keep-alive GET");
+        assert_eq!((r.status, r.body), (200, format!("{path}\n")));
+    }
+    // Pipelined: 50 requests in one write, 50 answers in order.
+    let mut burst = String::new();
+    for i in 0..50 {
+        burst.push_str(&format!("GET /public?p={i} HTTP/1.1\r\nHost: app1\r\n\r\n"));
+    }
+    c.send_raw(burst.as_bytes()).expect("pipelined requests");
+    for i in 0..50 {
+        let r = c.read().expect("pipelined answer");
+        assert_eq!(r.body, format!("/public?p={i}\n"));
+    }
+
+    // 32 MiB to a client that does not read for a while.
+    c.send("GET", &format!("/lines/{BIG}"), &[], None)
+        .expect("GET /lines");
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = largest_receive_queue(&c2);
+    assert!(
+        held <= BOUND,
+        "the client that does not read holds {held} bytes of the 32 MiB answer"
+    );
+    let big = c.read().expect("the 32 MiB answer");
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body.len(), BIG);
+    assert!(
+        big.body.as_bytes() == integration::http::numbered_lines(BIG).as_slice(),
+        "the 32 MiB answer arrived out of order or damaged"
+    );
+
+    // 16 MiB to a server that reads nothing for 1.5 s; the client writes on meanwhile.
+    let body = integration::http::numbered_lines(UPLOAD);
+    let upload = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let r = match c.send("POST", "/slow/1500", &[], Some(&body)) {
+            Err(e) => Err(std::io::Error::other(format!("send after {:?}: {e}", t.elapsed()))),
+            Ok(()) => loop {
+                // The kernel's read of a socket in a sockmap waits only once: a wakeup
+                // that brings no data (the send side draining) ends a blocking read with
+                // EAGAIN, before anything is read (docs/l7-proxy.md). Read again.
+                match c.read() {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                        && t.elapsed() < Duration::from_secs(10) => continue,
+                    other => break other,
+                }
+            },
+        };
+        (c, r)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let held = largest_receive_queue(&c1);
+    assert!(
+        held <= BOUND,
+        "the server that does not read holds {held} bytes of the 16 MiB upload"
+    );
+    let (mut c, r) = upload.join().expect("upload thread");
+    let r = r.unwrap_or_else(|e| {
+        let ss = |n: &Netns| {
+            String::from_utf8_lossy(&n.exec_ok(&["ss", "-tmni"]).stdout).into_owned()
+        };
+        panic!(
+            "POST /slow: {e}\nclient:\n{}\nserver:\n{}\nnode:\n{}",
+            ss(&c2),
+            ss(&c1),
+            ss(&node.netns)
+        )
+    });
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "received 16777216 bytes, numbered lines: true\n")
+    );
+    let after = c.request("GET", "/public", &[], None).expect("GET after");
+    assert_eq!(after.status, 200);
+
+    // Closed connections leave the map.
+    drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sockets_skipping_the_stack(&node.agent) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sockets of closed connections stay in the proxy's map"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -185,7 +185,10 @@ impl Agent {
         let mut options = OptionSet::new(AGENT_OPTIONS);
         options.set("Debug", config.debug);
         let datapath = match &config.bpf_root {
-            Some(root) => Some(Arc::new(crate::datapath::Datapath::open(root)?)),
+            Some(root) => Some(Arc::new(crate::datapath::Datapath::open(
+                root,
+                config.proxy_sockmap,
+            )?)),
             None => None,
         };
         let cluster =
@@ -351,6 +354,7 @@ impl Agent {
             ("tunnel", c.tunnel.as_str().to_string()),
             ("device", show(c.device.clone())),
             ("masquerade", c.masquerade.to_string()),
+            ("proxy-sockmap", c.proxy_sockmap.to_string()),
             (
                 "access-log",
                 show(c.access_log.as_ref().map(|p| p.display().to_string())),

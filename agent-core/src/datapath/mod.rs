@@ -77,8 +77,9 @@ const MONITOR_QUEUE: usize = 4096;
 
 impl Datapath {
     /// Mounts the BPF filesystem at `root` if needed, loads the programs with their maps
-    /// (reusing pinned ones) and starts reading events.
-    pub fn open(root: &Path) -> Result<Datapath, DatapathError> {
+    /// (reusing pinned ones) and starts reading events; with `proxy_sockmap`, the proxy's
+    /// connections with local endpoints skip the TCP/IP stack (`--proxy-sockmap`).
+    pub fn open(root: &Path, proxy_sockmap: bool) -> Result<Datapath, DatapathError> {
         loader::ensure_bpffs(root)?;
         let globals = root.join("tc/globals");
         let legacy = loader::remove_legacy_links(root);
@@ -96,9 +97,17 @@ impl Datapath {
             ),
             Err(e) => tracing::warn!("services are not translated for the node's processes: {e}"),
         }
-        let proxy_sockets = sockmap::attach(&mut ebpf);
-        if let Err(e) = &proxy_sockets {
-            tracing::warn!("the L7 proxy's connections go through the TCP/IP stack: {e}");
+        let proxy_sockets = if proxy_sockmap {
+            sockmap::attach(&mut ebpf)
+        } else {
+            Err("--proxy-sockmap is off".to_string())
+        };
+        match &proxy_sockets {
+            Ok(_) => tracing::info!("the L7 proxy's local connections skip the TCP/IP stack"),
+            Err(e) if proxy_sockmap => {
+                tracing::warn!("the L7 proxy's connections go through the TCP/IP stack: {e}")
+            }
+            Err(_) => {}
         }
         let ring =
             RingBuf::try_from(loader::take_map(&mut ebpf, "cilium_events")?).map_err(|e| {
