@@ -141,7 +141,7 @@ pub struct AgentArgs {
           default_missing_value = "true", value_parser = switch)]
     pub masquerade: Option<bool>,
     /// Let the L7 proxy's connections with local endpoints skip the TCP/IP stack (sockmap);
-    /// see docs/l7-proxy.md for the kernel behaviour that keeps it off by default
+    /// see docs/policy-language.md for the kernel behaviour that keeps it off by default
     /// [default: false]
     #[arg(long, env = "CILIUM_PROXY_SOCKMAP", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = switch)]

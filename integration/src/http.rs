@@ -131,7 +131,8 @@ pub fn numbered_lines(n: usize) -> Vec<u8> {
 
 /// A 200 with [`numbered_lines`]`(n)` as its body, in 64 KiB writes.
 fn send_lines(out: &mut TcpStream, n: usize) -> io::Result<()> {
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n");
+    let head =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n");
     out.write_all(head.as_bytes())?;
     for piece in numbered_lines(n).chunks(64 << 10) {
         out.write_all(piece)?;

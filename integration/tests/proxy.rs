@@ -433,14 +433,21 @@ fn proxied_streams_skip_the_stack_whole_in_order_and_flow_controlled() {
     let upload = std::thread::spawn(move || {
         let t = std::time::Instant::now();
         let r = match c.send("POST", "/slow/1500", &[], Some(&body)) {
-            Err(e) => Err(std::io::Error::other(format!("send after {:?}: {e}", t.elapsed()))),
+            Err(e) => Err(std::io::Error::other(format!(
+                "send after {:?}: {e}",
+                t.elapsed()
+            ))),
             Ok(()) => loop {
                 // The kernel's read of a socket in a sockmap waits only once: a wakeup
                 // that brings no data (the send side draining) ends a blocking read with
-                // EAGAIN, before anything is read (docs/l7-proxy.md). Read again.
+                // EAGAIN, before anything is read (docs/policy-language.md). Read again.
                 match c.read() {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                        && t.elapsed() < Duration::from_secs(10) => continue,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && t.elapsed() < Duration::from_secs(10) =>
+                    {
+                        continue
+                    }
                     other => break other,
                 }
             },
@@ -455,9 +462,8 @@ fn proxied_streams_skip_the_stack_whole_in_order_and_flow_controlled() {
     );
     let (mut c, r) = upload.join().expect("upload thread");
     let r = r.unwrap_or_else(|e| {
-        let ss = |n: &Netns| {
-            String::from_utf8_lossy(&n.exec_ok(&["ss", "-tmni"]).stdout).into_owned()
-        };
+        let ss =
+            |n: &Netns| String::from_utf8_lossy(&n.exec_ok(&["ss", "-tmni"]).stdout).into_owned();
         panic!(
             "POST /slow: {e}\nclient:\n{}\nserver:\n{}\nnode:\n{}",
             ss(&c2),

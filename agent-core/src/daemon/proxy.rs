@@ -268,8 +268,12 @@ impl Agent {
         if status.state == StatusState::Ok {
             if let Some(dp) = &self.datapath {
                 match dp.proxy_sockets() {
-                    Ok(n) => status.msg.push_str(&format!("; {n} sockets skip the stack")),
-                    Err(e) => status.msg.push_str(&format!("; through the stack only ({e})")),
+                    Ok(n) => status
+                        .msg
+                        .push_str(&format!("; {n} sockets skip the stack")),
+                    Err(e) => status
+                        .msg
+                        .push_str(&format!("; through the stack only ({e})")),
                 }
             }
         }

@@ -3,12 +3,14 @@
 //!
 //! - (a) app2 -> app1:80 under the seed's policy at L4 only (no proxy in the path);
 //! - (b) the same with the seed's L7 rule (`GET /public`): every request checked by the proxy;
+//! - (b') (b) on a second node started with `--proxy-sockmap` (the proxy's connections with
+//!   local endpoints skip the TCP/IP stack);
 //! - (c) what a user would put in the path instead: nginx (Debian's, one worker, upstream
 //!   keep-alive, no access log) as a reverse proxy in the node namespace, app2 ->
 //!   nginx -> app1, no policy.
 //!
 //! `wrk` (Debian's) in app2's namespace, keep-alive, for 5 s: 16 connections on 2 threads
-//! (throughput) and 1 connection (the latency one request adds). (a), (b), (c) in turn for a
+//! (throughput) and 1 connection (the latency one request adds). (a), (b), (b'), (c) in turn for a
 //! few rounds, medians of requests/s and of the p50/p99 latency.
 //! The server in app1 is the tests' small threaded HTTP server. Then the agent's memory per
 //! 1,000 idle connections through the proxy (each made one request, so both its client and
@@ -221,19 +223,24 @@ fn main() {
         .expect("router address on cilium_host");
     let nginx_url = format!("http://{router}:8080/public");
 
-    if let Ok(mode) = std::env::var("BENCH_PROXY_HOLD") {
-        import(&node, &policy(mode == "l7"));
-        println!("HOLD {} agent pid {:?}", url, node.agent.pid());
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).ok();
-        return;
-    }
+    // The same on a node whose proxy connections skip the stack (--proxy-sockmap).
+    let fast = Node::start_in(Netns::new("bpy"), &["--proxy-sockmap"]);
+    let f1 = Netns::new("bpya");
+    let f2 = Netns::new("bpyb");
+    let fe1 = fast.add_labeled(&f1, &[("id", "app1")]);
+    fast.add_labeled(&f2, &[("id", "app2")]);
+    let _fast_server = HttpServer::start(&f1.name, ANY80);
+    let fast_url = format!("http://{}/public", fe1.addressing.ipv4.expect("ipv4"));
+    import(&fast, &policy(true));
+
     let (mut direct, mut proxied, mut nginx) = (Runs::default(), Runs::default(), Runs::default());
+    let mut sockmap = Runs::default();
     for _ in 0..ROUNDS {
         import(&node, &policy(false));
         direct.measure(&c2.name, &url);
         import(&node, &policy(true));
         proxied.measure(&c2.name, &url);
+        sockmap.measure(&f2.name, &fast_url);
         // nginx forwards from the node's address: no policy for app1 in this run.
         node.agent.cli(&["policy", "delete", "--all"]).ok();
         let server = Nginx::start(
@@ -249,6 +256,7 @@ fn main() {
     );
     let d = direct.print("without proxy (L4 rule)");
     let p = proxied.print("through the agent's proxy (L7)");
+    let f = sockmap.print("  the same, --proxy-sockmap");
     let n = nginx.print("through nginx (no policy)");
     println!(
         "  agent's proxy / direct: {:.2} of the rate (target >= 0.5), p99 +{:.0} µs (target <= 1000); 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
@@ -256,6 +264,13 @@ fn main() {
         p.1 - d.1,
         p.2 - d.2,
         p.3 - d.3
+    );
+    println!(
+        "  --proxy-sockmap / direct: {:.2} of the rate, p99 +{:.0} µs; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
+        f.0 / d.0,
+        f.1 - d.1,
+        f.2 - d.2,
+        f.3 - d.3
     );
     println!(
         "  nginx / direct:         {:.2} of the rate, p99 +{:.0} µs; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
