@@ -127,61 +127,33 @@ static __always_inline void sockmap_key6(struct proxy_sock_key *k, const __u32 *
 	__builtin_memcpy(k->remote.v6, r, 16);
 }
 
-/* The key of a sock_ops socket; non-zero when it is neither IPv4 nor IPv6. */
-static __always_inline int sockmap_ops_key(struct bpf_sock_ops *ops, struct proxy_sock_key *k)
-{
-	__u32 family = ops->family;
-	__u32 l[4], r[4];
-
-	k->lport = (__u16)ops->local_port;
-	k->rport = (__u16)bpf_ntohl(ops->remote_port);
-	if (family == 2 /* AF_INET */) {
-		k->family = FAMILY_IPV4;
-		k->local.v4 = ops->local_ip4;
-		k->remote.v4 = ops->remote_ip4;
-		return 0;
-	}
-	if (family != 10 /* AF_INET6 */)
-		return 1;
-	l[0] = ops->local_ip6[0];
-	l[1] = ops->local_ip6[1];
-	l[2] = ops->local_ip6[2];
-	l[3] = ops->local_ip6[3];
-	r[0] = ops->remote_ip6[0];
-	r[1] = ops->remote_ip6[1];
-	r[2] = ops->remote_ip6[2];
-	r[3] = ops->remote_ip6[3];
-	sockmap_key6(k, l, r);
-	return 0;
-}
-
-/* The key of the sender of an sk_msg; non-zero when it is neither IPv4 nor IPv6. */
-static __always_inline int sockmap_msg_key(struct sk_msg_md *msg, struct proxy_sock_key *k)
-{
-	__u32 family = msg->family;
-	__u32 l[4], r[4];
-
-	k->lport = (__u16)msg->local_port;
-	k->rport = (__u16)bpf_ntohl(msg->remote_port);
-	if (family == 2 /* AF_INET */) {
-		k->family = FAMILY_IPV4;
-		k->local.v4 = msg->local_ip4;
-		k->remote.v4 = msg->remote_ip4;
-		return 0;
-	}
-	if (family != 10 /* AF_INET6 */)
-		return 1;
-	l[0] = msg->local_ip6[0];
-	l[1] = msg->local_ip6[1];
-	l[2] = msg->local_ip6[2];
-	l[3] = msg->local_ip6[3];
-	r[0] = msg->remote_ip6[0];
-	r[1] = msg->remote_ip6[1];
-	r[2] = msg->remote_ip6[2];
-	r[3] = msg->remote_ip6[3];
-	sockmap_key6(k, l, r);
-	return 0;
-}
+/* The key of the socket of ctx, a struct bpf_sock_ops or struct sk_msg_md (they name the
+ * fields alike); evaluates to non-zero when it is neither IPv4 nor IPv6. */
+#define SOCKMAP_KEY(ctx, k)                                                                \
+	({                                                                                 \
+		__u32 family_ = (ctx)->family, l_[4], r_[4];                               \
+		int err_ = 0;                                                              \
+		(k)->lport = (__u16)(ctx)->local_port;                                     \
+		(k)->rport = (__u16)bpf_ntohl((ctx)->remote_port);                         \
+		if (family_ == 2 /* AF_INET */) {                                          \
+			(k)->family = FAMILY_IPV4;                                         \
+			(k)->local.v4 = (ctx)->local_ip4;                                  \
+			(k)->remote.v4 = (ctx)->remote_ip4;                                \
+		} else if (family_ == 10 /* AF_INET6 */) {                                 \
+			l_[0] = (ctx)->local_ip6[0];                                       \
+			l_[1] = (ctx)->local_ip6[1];                                       \
+			l_[2] = (ctx)->local_ip6[2];                                       \
+			l_[3] = (ctx)->local_ip6[3];                                       \
+			r_[0] = (ctx)->remote_ip6[0];                                      \
+			r_[1] = (ctx)->remote_ip6[1];                                      \
+			r_[2] = (ctx)->remote_ip6[2];                                      \
+			r_[3] = (ctx)->remote_ip6[3];                                      \
+			sockmap_key6(k, l_, r_);                                           \
+		} else {                                                                   \
+			err_ = 1;                                                          \
+		}                                                                          \
+		err_;                                                                      \
+	})
 
 /* Puts the proxy's sockets and the container sockets of its connections into
  * cilium_proxy_socks when they are established. */
@@ -196,7 +168,7 @@ int proxy_sockops(struct bpf_sock_ops *ops)
 	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
 	sk = ops->sk;
-	if (!sk || sockmap_ops_key(ops, &k))
+	if (!sk || SOCKMAP_KEY(ops, &k))
 		return 1;
 	if (bpf_get_netns_cookie(ops) == NODE_NETNS_COOKIE) {
 		/* The proxy's listeners (and so what they accept) and upstream sockets. */
@@ -234,7 +206,7 @@ int proxy_msg(struct sk_msg_md *msg)
 	struct proxy_sock_key own = {}, peer = {};
 	struct proxy_sock_state *st, *ps;
 
-	if (sockmap_msg_key(msg, &own))
+	if (SOCKMAP_KEY(msg, &own))
 		return SK_PASS;
 	st = bpf_map_lookup_elem(&cilium_proxy_sk, &own);
 	if (!st || st->mode == SOCKMAP_PASS)

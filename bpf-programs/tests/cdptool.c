@@ -44,6 +44,12 @@ static int load(const char *path, const char *dir)
 		return 1;
 	}
 	bpf_object__for_each_program(prog, obj) {
+		/* The tests run the tc programs; the socket programs (cgroup, sockops, sk_msg)
+		 * have contexts of their own and are loaded by the agent only. */
+		if (strcmp(bpf_program__section_name(prog), "classifier")) {
+			bpf_program__set_autoload(prog, false);
+			continue;
+		}
 		bpf_program__set_type(prog, BPF_PROG_TYPE_SCHED_CLS);
 		/* CDP_VERIFIER_STATS=1: print the verifier's statistics (log level 4) */
 		if (getenv("CDP_VERIFIER_STATS") && i < 8) {
@@ -62,6 +68,8 @@ static int load(const char *path, const char *dir)
 		if (getenv("CDP_VERIFIER_STATS") && i < 8)
 			fprintf(stderr, "%s: %s", bpf_program__name(prog), logbuf[i++]);
 	bpf_object__for_each_program(prog, obj) {
+		if (!bpf_program__autoload(prog))
+			continue;
 		snprintf(pin, sizeof(pin), "%s/%s", dir, bpf_program__name(prog));
 		err = bpf_program__pin(prog, pin);
 		if (err) {
