@@ -10,7 +10,7 @@ all: build
 
 # What the integration tests and benchmarks run against: busybox (ping, nc, the container
 # image), containerd (ctr run --cni), dockerd (docker.io) and the reference CNI plugins.
-TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd
+TEST_PACKAGES := busybox-static etcd-server containerd containernetworking-plugins iptables iperf3 python3 bpftool docker.io curl systemd iputils-ping procps
 
 # What only the benchmarks compare against: wrk drives HTTP load, nginx is the reverse proxy a
 # user would otherwise put in front of an application (bench-proxy).
