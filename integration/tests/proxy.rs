@@ -366,6 +366,17 @@ fn largest_receive_queue(netns: &Netns) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the TCP stack delivered (`bytes_received`) to the sockets of `netns` with remote or
+/// local port 80, in total.
+fn tcp_bytes_received(netns: &Netns) -> u64 {
+    let out = netns.exec_ok(&["ss", "-tinH", "( sport = :80 or dport = :80 )"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_received:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 /// With `--proxy-sockmap`, the proxied connection between two local endpoints skips the
 /// TCP/IP stack (the agent counts its sockets), and what it carries still arrives whole and in order, keep-alive
 /// and pipelined, while a slow reader holds no more than about a receive buffer: a 32 MiB
@@ -410,6 +421,14 @@ fn proxied_streams_skip_the_stack_whole_in_order_and_flow_controlled() {
         let r = c.read().expect("pipelined answer");
         assert_eq!(r.body, format!("/public?p={i}\n"));
     }
+
+    // The 250 answers (about 24 KiB) reached the client without TCP: its socket counts
+    // (almost) nothing received through the stack.
+    let through_tcp = tcp_bytes_received(&c2);
+    assert!(
+        through_tcp < 1024,
+        "the client received {through_tcp} bytes through TCP: the answers did not skip the stack"
+    );
 
     // 32 MiB to a client that does not read for a while.
     c.send("GET", &format!("/lines/{BIG}"), &[], None)
