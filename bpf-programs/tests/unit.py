@@ -99,15 +99,17 @@ def ext(nexthdr, length8):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="cdp-unit-")
-    obj, tool = os.path.join(tmp, "datapath.o"), os.path.join(tmp, "cdptool")
-    build(obj, tool)
-    dp = Datapath(tool, obj, "/sys/fs/bpf/cdp-unit-%d" % os.getpid())
+    pins = "/sys/fs/bpf/cdp-unit-%d" % os.getpid()
+    # The pins go also when the build or the load fails half-way.
     try:
+        obj, tool = os.path.join(tmp, "datapath.o"), os.path.join(tmp, "cdptool")
+        build(obj, tool)
+        dp = Datapath(tool, obj, pins)
         setup(dp)
         c = Case(dp)
         run_cases(dp, c)
     finally:
-        dp.remove()
+        run(["rm", "-rf", pins], check=False)
         run(["rm", "-rf", tmp])
     print("\n%d failure(s)%s" % (len(failures), ": " + ", ".join(failures) if failures else ""))
     return 1 if failures else 0
