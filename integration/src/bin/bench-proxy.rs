@@ -176,6 +176,24 @@ impl Runs {
     }
 }
 
+/// One setup's medians against another's: the ratio of the rates, what it adds at p99 (16
+/// connections) and at p50/p99 (1 connection).
+fn compare(
+    label: &str,
+    x: (f64, f64, f64, f64),
+    base: (f64, f64, f64, f64),
+    rate_target: &str,
+    p99_target: &str,
+) {
+    println!(
+        "  {label:<26} {:.2} of the rate{rate_target}, p99 +{:.0} µs{p99_target}; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
+        x.0 / base.0,
+        x.1 - base.1,
+        x.2 - base.2,
+        x.3 - base.3
+    );
+}
+
 /// wrk's `1.23ms` / `456.00us` / `1.20s` in µs.
 fn micros(v: &str) -> f64 {
     let (number, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
@@ -258,27 +276,15 @@ fn main() {
     let p = proxied.print("through the agent's proxy (L7)");
     let f = sockmap.print("  the same, --proxy-sockmap");
     let n = nginx.print("through nginx (no policy)");
-    println!(
-        "  agent's proxy / direct: {:.2} of the rate (target >= 0.5), p99 +{:.0} µs (target <= 1000); 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
-        p.0 / d.0,
-        p.1 - d.1,
-        p.2 - d.2,
-        p.3 - d.3
+    compare(
+        "agent's proxy / direct:",
+        p,
+        d,
+        " (target >= 0.5)",
+        " (target <= 1000)",
     );
-    println!(
-        "  --proxy-sockmap / direct: {:.2} of the rate, p99 +{:.0} µs; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
-        f.0 / d.0,
-        f.1 - d.1,
-        f.2 - d.2,
-        f.3 - d.3
-    );
-    println!(
-        "  nginx / direct:         {:.2} of the rate, p99 +{:.0} µs; 1 conn: p50 +{:.0} µs, p99 +{:.0} µs",
-        n.0 / d.0,
-        n.1 - d.1,
-        n.2 - d.2,
-        n.3 - d.3
-    );
+    compare("--proxy-sockmap / direct:", f, d, "", "");
+    compare("nginx / direct:", n, d, "", "");
     println!("  agent's proxy / nginx:  {:.2} of the rate", p.0 / n.0);
 
     // Memory per 1,000 idle proxied connections.
